@@ -1,0 +1,189 @@
+"""The `hyperprag` console script: one verb per job, each a plain function whose signature is its interface.
+
+Heavy imports happen inside the verbs so that `hyperprag --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from hyperprag.core.models import DEFAULT_MODEL
+
+DEFAULT_MODES = ("vanilla", "rag")
+
+
+def _setup() -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def demo(model: str = DEFAULT_MODEL, out: str = "runs/demo", train: bool = False, batch_size: int = 8) -> dict:
+    """The main job: parameterize unseen invented documents and answer their questions from the weights.
+
+    Args:
+        model: Base model: an embedded name (smollm2-135m, gemma3-270m), a local folder or a hub id.
+        out: Output folder for predictions, metrics and adapters.
+        train: Train teacher LoRAs and the hypernetwork here instead of loading the shipped checkpoint.
+        batch_size: Questions answered together.
+    """
+    from hyperprag.pipeline import run_demo
+
+    return run_demo(model=model, out=out, train=train, batch_size=batch_size)
+
+
+def eval(  # noqa: A001 - the verb users type
+    questions: str,
+    corpus: str | None = None,
+    modes: list[str] = list(DEFAULT_MODES),
+    retriever: str = "bm25",
+    index: str | None = None,
+    top_k: int = 3,
+    model: str = DEFAULT_MODEL,
+    dtype: str = "float32",
+    store: str | None = None,
+    hypernet: str | None = None,
+    composition: str = "cat",
+    out: str = "runs/eval",
+    limit: int | None = None,
+    offset: int = 0,
+    batch_size: int = 8,
+    max_new_tokens: int = 20,
+    answer_loss: bool = False,
+    on_error: str = "fail",
+) -> dict:
+    """Answer a question file in several modes and score it (EM/F1 or accuracy); resumable.
+
+    Args:
+        questions: Question JSONL (the schema in the README).
+        corpus: Corpus JSONL to retrieve from; default pools the questions' own passages.
+        modes: Any of vanilla, rag, prag, prag-combine, hyper, hyper-combine.
+        retriever: bm25, dense, or gold (each question's own passages, no retrieval).
+        index: A saved retrieval index folder (from `hyperprag index`) to reuse.
+        top_k: Documents per question.
+        model: Base model: embedded name, local folder or hub id.
+        dtype: float32 or bfloat16.
+        store: Teacher adapter store (for prag modes) from `hyperprag teach`.
+        hypernet: Hypernetwork checkpoint folder (hyper modes, adapters generated on the fly) or a
+            generated adapter store from `hyperprag parameterize`.
+        composition: How the top-k documents' adapters combine: cat, sum, mean, cat-mean.
+        out: Output folder (predictions/<mode>.jsonl, metrics.json, metrics.md); rerun to resume.
+        limit: Evaluate at most this many questions.
+        offset: Skip this many questions first.
+        batch_size: Questions generated together.
+        max_new_tokens: Generation length.
+        answer_loss: Also compute the mean loss per gold-answer token.
+        on_error: fail or skip bad input records.
+    """
+    from hyperprag.session import build_answerer, load_eval_inputs
+    from inference.evaluate import evaluate, format_table
+
+    qs, docs = load_eval_inputs(questions, corpus, on_error=on_error, limit=limit, offset=offset)
+    answerer = build_answerer(docs, model=model, dtype=dtype, retriever=retriever, index=index, top_k=top_k,
+                              store=store, hypernet=hypernet, composition=composition,
+                              max_new_tokens=max_new_tokens, batch_size=batch_size)
+    metrics = evaluate(answerer, qs, modes, out, batch_size=batch_size, with_nll=answer_loss)
+    print(format_table(metrics))
+    print(f"\nmetrics: {Path(out) / 'metrics.json'} (per dataset and type: {Path(out) / 'metrics.md'})")
+    return metrics
+
+
+def index(corpus: str, out: str, kind: str = "bm25", on_error: str = "fail") -> str:
+    """Build a retrieval index over a corpus (or a question file's pooled passages) and save it.
+
+    Args:
+        corpus: Corpus JSONL, or a question JSONL whose passages are pooled.
+        out: Index folder to write.
+        kind: bm25 or dense (MiniLM + faiss).
+        on_error: fail or skip bad input records.
+    """
+    from hyperprag.session import load_documents
+    from inference.retrieval import build_retriever
+
+    docs = load_documents(corpus, on_error=on_error)
+    build_retriever(kind, docs).save(out)
+    print(f"{kind} index over {len(docs)} documents written to {out}")
+    return out
+
+
+def ask(question: str, documents: list[str] | None = None, corpus: str | None = None, mode: str = "vanilla",
+        model: str = DEFAULT_MODEL, store: str | None = None, hypernet: str | None = None, top_k: int = 3,
+        max_new_tokens: int = 32) -> str:
+    """Answer one question, with documents given inline or retrieved from a corpus.
+
+    Args:
+        question: The question.
+        documents: Document texts to answer from (each its own document).
+        corpus: Corpus JSONL to retrieve from instead.
+        mode: vanilla, rag, prag, prag-combine, hyper or hyper-combine.
+        model: Base model: embedded name, local folder or hub id.
+        store: Teacher adapter store (prag modes).
+        hypernet: Hypernetwork checkpoint or generated store (hyper modes).
+        top_k: Documents retrieved.
+        max_new_tokens: Generation length.
+    """
+    from hyperprag.core.data import Document, Question
+    from hyperprag.session import build_answerer, load_documents
+
+    if documents:
+        docs = [Document(f"doc{i}", "", text) for i, text in enumerate(documents)]
+    elif corpus:
+        docs = load_documents(corpus)
+    else:
+        docs = []
+    answerer = build_answerer(docs, model=model, retriever="bm25" if docs else "none", top_k=top_k, store=store,
+                              hypernet=hypernet, max_new_tokens=max_new_tokens, batch_size=1)
+    pred = answerer.answer([Question("q", question, [""])], mode)[0]
+    print(pred.prediction)
+    return pred.prediction
+
+
+def convert(kind: str, path: str, out: str) -> str:
+    """Convert a dataset's official raw file into the project's question JSONL.
+
+    Args:
+        kind: hotpotqa, 2wiki, popqa or cwq.
+        path: The raw file (HotpotQA/2Wiki/CWQ json, PopQA tsv).
+        out: Question JSONL to write.
+    """
+    from hyperprag.core.data import convert_raw
+
+    convert_raw(kind, path, out)
+    print(f"wrote {out}")
+    return out
+
+
+def train(config: str) -> None:
+    """Train the hypernetwork with PyTorch Lightning (LightningCLI; `hyperprag train --help` for all options).
+
+    Args:
+        config: A YAML file from configs/hypernet/.
+    """
+    raise AssertionError("dispatched in main()")  # pragma: no cover
+
+
+VERBS = {"demo": demo, "eval": eval, "index": index, "ask": ask, "convert": convert, "train": train}
+
+
+def main(argv: list[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _setup()
+    if argv and argv[0] == "train":  # Lightning owns this verb's parser (fit/validate, trainer options)
+        from training.hypernet_cli import run_train
+
+        return run_train(argv[1:])
+    from jsonargparse import auto_cli
+
+    auto_cli(VERBS, args=argv, description="hyperprag: parametric RAG with per-document and generated LoRAs")
+    return None
+
+
+if __name__ == "__main__":
+    main()
