@@ -39,6 +39,16 @@ def _adapter_context(model, spec: LoraSpec, weights: LoraWeights | None):
     return apply_lora(model, spec, weights)
 
 
+def _check_adapters(prompts: Sequence[str], adapters: AdapterArg, spec: LoraSpec | None) -> None:
+    if isinstance(adapters, Sequence):
+        if len(adapters) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(adapters)} adapters")
+        if spec is None and any(a is not None for a in adapters):
+            raise ValueError("generating with adapters needs their LoraSpec")
+    elif adapters is not None and spec is None:
+        raise ValueError("generating with adapters needs their LoraSpec")
+
+
 def _slice(adapters: AdapterArg, start: int, end: int) -> LoraWeights | None:
     if adapters is None or isinstance(adapters, LoraWeights):
         return adapters
@@ -49,10 +59,7 @@ def _slice(adapters: AdapterArg, start: int, end: int) -> LoraWeights | None:
 def generate(model, tokenizer, prompts: Sequence[str], adapters: AdapterArg = None, spec: LoraSpec | None = None,
              max_new_tokens: int = 20, batch_size: int = 8) -> list[str]:
     """Greedy continuations of `prompts` (left-padded batches), with a shared or per-prompt adapter."""
-    if adapters is not None and spec is None:
-        raise ValueError("generating with adapters needs their LoraSpec")
-    if isinstance(adapters, Sequence) and len(adapters) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(adapters)} adapters")
+    _check_adapters(prompts, adapters, spec)
     outputs: list[str] = []
     device = next(model.parameters()).device
     for start in range(0, len(prompts), batch_size):
@@ -75,6 +82,7 @@ def answer_nll(model, tokenizer, prompts: Sequence[str], completions: Sequence[s
     This is the gold-answer loss: far more sensitive than exact match to whether an adapter carries a
     document's facts on a small model.
     """
+    _check_adapters(prompts, adapters, spec)
     results: list[float] = []
     device = next(model.parameters()).device
     for start in range(0, len(prompts), batch_size):

@@ -93,9 +93,10 @@ def _typename(v: Any) -> str:
     return "null" if v is None else type(v).__name__
 
 
-def _req(rec: dict, key: str) -> Any:
+def _req(rec: dict, key: str, name: str | None = None) -> Any:
+    """rec[key], or a "missing" error for the field `name` (default: key)."""
     if key not in rec:
-        raise _Bad(key, "missing")
+        raise _Bad(name or key, "missing")
     return rec[key]
 
 
@@ -107,24 +108,24 @@ def _str(v: Any, name: str, *, nonblank: bool = True) -> str:
     return v
 
 
-def _passage(v: Any, name: str) -> Passage:
+def _nonblank(v: Any) -> bool:
+    return type(v) is str and bool(v) and not v.isspace()
+
+
+def _passage(v: Any, i: int) -> Passage:
+    if type(v) is dict:  # fast path for the common, valid record
+        title, text, sup = v.get("title", ""), v.get("text"), v.get("supporting", False)
+        if type(title) is str and _nonblank(text) and type(sup) is bool:
+            return Passage(title, text, sup)
+    name = f"passages[{i}]"
     if not isinstance(v, dict):
         raise _Bad(name, f"expected an object, got {_typename(v)}")
-    title = _str(v.get("title", ""), f"{name}.title", nonblank=False)
-    text = _str(_req_named(v, "text", f"{name}.text"), f"{name}.text")
-    sup = v.get("supporting", False)
-    if not isinstance(sup, bool):
-        raise _Bad(f"{name}.supporting", f"expected true/false, got {_typename(sup)}")
-    return Passage(title=title, text=text, supporting=sup)
+    _str(v.get("title", ""), f"{name}.title", nonblank=False)
+    _str(_req(v, "text", f"{name}.text"), f"{name}.text")
+    raise _Bad(f"{name}.supporting", f"expected true/false, got {_typename(v.get('supporting'))}")
 
 
-def _req_named(rec: dict, key: str, name: str) -> Any:
-    if key not in rec:
-        raise _Bad(name, "missing")
-    return rec[key]
-
-
-def parse_question(rec: Any) -> Question:
+def _parse_question(rec: Any) -> Question:
     """One question record (a decoded JSON object) -> Question; raises _Bad naming the field."""
     if not isinstance(rec, dict):
         raise _Bad(None, f"expected a JSON object, got {_typename(rec)}")
@@ -134,9 +135,10 @@ def parse_question(rec: Any) -> Question:
     if not isinstance(answers, list) or not answers:
         raise _Bad("answers", f"expected a non-empty list of strings, got {_typename(answers)}"
                    + (" (empty)" if isinstance(answers, list) else ""))
-    for i, a in enumerate(answers):
-        _str(a, f"answers[{i}]")
-    dataset = _str(rec.get("dataset", ""), "dataset", nonblank=False)
+    if not all(_nonblank(a) for a in answers):
+        for i, a in enumerate(answers):
+            _str(a, f"answers[{i}]")
+    dataset = _str(rec.get("dataset") or "", "dataset", nonblank=False)
     qtype = rec.get("type")
     if qtype is not None and not isinstance(qtype, str):
         raise _Bad("type", f"expected a string or null, got {_typename(qtype)}")
@@ -145,7 +147,7 @@ def parse_question(rec: Any) -> Question:
         raw_passages = []
     if not isinstance(raw_passages, list):
         raise _Bad("passages", f"expected a list, got {_typename(raw_passages)}")
-    passages = [_passage(p, f"passages[{i}]") for i, p in enumerate(raw_passages)]
+    passages = [_passage(p, i) for i, p in enumerate(raw_passages)]
     options = rec.get("options")
     if options is not None:
         if not isinstance(options, dict) or not options:
@@ -158,7 +160,7 @@ def parse_question(rec: Any) -> Question:
                     passages=passages, options=dict(options) if options is not None else None)
 
 
-def parse_document(rec: Any) -> Document:
+def _parse_document(rec: Any) -> Document:
     """One corpus record -> Document; raises _Bad naming the field."""
     if not isinstance(rec, dict):
         raise _Bad(None, f"expected a JSON object, got {_typename(rec)}")
@@ -262,7 +264,7 @@ def _load_jsonl(path: str | Path, parse: Callable[[Any], T], on_error: str,
 
 def load_questions(path: str | Path, on_error: str = "fail") -> Loaded[Question]:
     """Read and validate a question JSONL; "fail" raises DataError at the first bad line, "skip" collects."""
-    return _load_jsonl(path, parse_question, on_error)
+    return _load_jsonl(path, _parse_question, on_error)
 
 
 def load_corpus(path: str | Path, on_error: str = "fail", max_chars: int = 20000,
@@ -286,7 +288,7 @@ def load_corpus(path: str | Path, on_error: str = "fail", max_chars: int = 20000
                                                           f"split into {len(parts)} chunks of <= {max_chars}"))
         return [Document(id=f"{doc.id}#{k}", title=doc.title, text=t) for k, t in enumerate(parts)]
 
-    out = _load_jsonl(path, parse_document, on_error, expand)
+    out = _load_jsonl(path, _parse_document, on_error, expand)
     out.chunked = notes
     if notes:
         logger.info("%s: split %d long documents into chunks", path, len(notes))
@@ -297,14 +299,14 @@ def load_corpus(path: str | Path, on_error: str = "fail", max_chars: int = 20000
 # Views, pooling, writing
 # ----------------------------------------------------------------------------------------------------------
 
-def record_to_dict(record: Question | Document | Passage | dict) -> dict:
+def record_to_dict(record: Question | Document | Passage | dict, drop_none_options: bool = True) -> dict:
     """Our JSONL form of a record: dataclass fields, with a question's absent `options` left out."""
     if isinstance(record, dict):
         return record
     if not is_dataclass(record):
         raise TypeError(f"expected a Question, Document, Passage or dict, got {type(record).__name__}")
     d = asdict(record)
-    if isinstance(record, Question) and record.options is None:
+    if drop_none_options and isinstance(record, Question) and record.options is None:
         d.pop("options")
     return d
 
@@ -313,7 +315,7 @@ def to_dataset(records: Sequence[Question | Document | dict]):
     """The records as a Hugging Face `datasets.Dataset` (one row per record)."""
     import datasets  # heavy import, only when asked for
 
-    return datasets.Dataset.from_list([record_to_dict(r) for r in records])
+    return datasets.Dataset.from_list([record_to_dict(r, drop_none_options=False) for r in records])
 
 
 def write_jsonl(path: str | Path, records: Iterable[Question | Document | dict]) -> int:
@@ -426,7 +428,7 @@ def _collect(path: str | Path, records: Iterable[tuple[int | None, str, Any]], o
     seen: set[str] = set()
     for line, prefix, make in records:
         try:
-            q = parse_question(make())
+            q = _parse_question(make())
             if q.id in seen:
                 raise _Bad("id", f"duplicate id {q.id!r}")
         except _Bad as e:
@@ -501,9 +503,30 @@ POPQA_COLUMNS = ("id", "subj", "prop", "obj", "subj_id", "prop_id", "obj_id", "s
                  "o_uri", "s_wiki_title", "o_wiki_title", "s_pop", "o_pop", "question", "possible_answers")
 
 
+def _list_field(text: str, name: str) -> list[str]:
+    """A list column of PopQA: JSON, or the Python repr some copies carry ("['a', 'b']")."""
+    import ast
+
+    text = text.strip()
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise _Bad(name, f"expected a JSON list, got {text[:60]!r}") from None
+    if not isinstance(value, list):
+        raise _Bad(name, f"expected a list, got {_typename(value)}")
+    return [v for v in value if isinstance(v, str)]
+
+
 def read_popqa_tsv(path: str | Path, on_error: str = "fail") -> Loaded[Question]:
-    """PopQA's tsv (header row, columns POPQA_COLUMNS); answers = [obj, *possible_answers], no passages."""
+    """PopQA's tsv (header row, columns POPQA_COLUMNS, quoted as pandas writes it); answers = obj, then
+    possible_answers and o_aliases; no passages."""
     import csv
+    import io
 
     path = Path(path)
     if not path.is_file():
@@ -512,10 +535,10 @@ def read_popqa_tsv(path: str | Path, on_error: str = "fail") -> Loaded[Question]
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(str(path), None, None, f"not valid UTF-8 at byte {e.start}") from None
-    lines = text.splitlines()
-    if not lines or not any(line.strip() for line in lines):
+    if not text.strip():
         raise DataError(str(path), None, None, "file is empty (no records)")
-    header = next(csv.reader([lines[0]], delimiter="\t"))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
+    header = next(reader)
     missing = [c for c in ("id", "prop", "obj", "question", "possible_answers") if c not in header]
     if missing:
         raise DataError(str(path), 1, missing[0], f"missing column (header has {header})")
@@ -524,21 +547,20 @@ def read_popqa_tsv(path: str | Path, on_error: str = "fail") -> Loaded[Question]
         if len(row) != len(header):
             raise _Bad(None, f"expected {len(header)} tab-separated columns, got {len(row)}")
         r = dict(zip(header, row, strict=True))
-        try:
-            possible = json.loads(r["possible_answers"])
-        except json.JSONDecodeError as e:
-            raise _Bad("possible_answers", f"invalid JSON list: {e.msg}") from None
-        if not isinstance(possible, list):
-            raise _Bad("possible_answers", f"expected a JSON list, got {_typename(possible)}")
         if not r["id"].strip():
             raise _Bad("id", "empty")
         obj = r["obj"].strip()
+        names = [obj, *_list_field(r["possible_answers"], "possible_answers"),
+                 *_list_field(r.get("o_aliases", ""), "o_aliases")]
         return {"id": f"popqa-{r['id'].strip()}", "dataset": "popqa", "type": r["prop"] or None,
-                "question": r["question"], "answers": _dedupe([obj, *possible]) or [obj]}
+                "question": r["question"], "answers": _dedupe(names) or [obj]}
 
-    rows = ((i, "", lambda row=row: make(row))
-            for i, row in enumerate(csv.reader(lines[1:], delimiter="\t", quoting=csv.QUOTE_NONE), 2) if row)
-    return _collect(path, rows, on_error)
+    def rows():
+        for row in reader:
+            if row:
+                yield reader.line_num, "", (lambda row=row: make(row))
+
+    return _collect(path, rows(), on_error)
 
 
 def read_cwq_raw(path: str | Path, on_error: str = "fail") -> Loaded[Question]:

@@ -53,3 +53,54 @@ def answer_prompt(tokenizer, question: str, passages: Sequence[tuple[str, str]] 
 def answer_completion(answer: str) -> str:
     """The target continuation after the pre-fill, as the teacher trains it."""
     return f" {answer.strip().rstrip('.')}."
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Document augmentation (training/augment): LLM rewrite and QA-generation prompts, rule-based question forms
+# ----------------------------------------------------------------------------------------------------------
+
+REWRITE_INSTRUCTION = ("Rewrite the following passage. Keep every name, number and date; change the wording. "
+                       "Output only the rewritten passage.")
+# Measured on SmolLM2-135M: naming a "full_answer" key makes the model loop on "What is the full answer to
+# the question ..."; without it, it writes short grounded pairs for some passages. The full answer is then
+# taken from the passage (the sentence holding the answer). Larger models may be asked for it.
+QA_GEN_INSTRUCTION = ("Write {n} questions about the passage, each with a short answer (a name, number, date or "
+                      "place copied from the passage). Output only a JSON list: "
+                      '[{{"question": "...", "answer": "..."}}]')
+QA_GEN_INSTRUCTION_FULL = ("Write {n} questions about the passage, each with a short answer (a name, number, date "
+                           "or place copied from the passage) and the full answer as one sentence. Output only a "
+                           'JSON list: [{{"question": "...", "answer": "...", "full_answer": "..."}}]')
+# The assistant turn of the QA-generation prompt is pre-filled with the start of the JSON list: without it a
+# 135M model loops under greedy decoding instead of opening the list.
+QA_GEN_PREFILL = '[{"question": "'
+
+# Rule-based question forms (training/augment/facts.py); the title makes each question closed-book answerable.
+CLOZE_BLANK = "____"
+CLOZE_QUESTION = "Fill in the blank about {title}: {sentence}"
+CLOZE_QUESTION_NO_TITLE = "Fill in the blank: {sentence}"
+COMPLETE_QUESTION = "Complete the fact about {title}: {prefix} ..."
+COMPLETE_QUESTION_NO_TITLE = "Complete the fact: {prefix} ..."
+CONTEXT_QUESTION = "Regarding {title}, {question}"
+
+
+def chat_prompt(tokenizer, user: str, prefill: str = "") -> str:
+    """`user` as one chat turn with the assistant turn opened (and pre-filled); plain text without a template."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                             add_generation_prompt=True)
+    else:
+        text = f"{user}\n"
+    return text + prefill
+
+
+def rewrite_prompt(tokenizer, title: str, text: str) -> str:
+    """PRAG-style rewrite request for one passage; the reply is the rewritten passage."""
+    passage = f"{title}: {text}" if title else text
+    return chat_prompt(tokenizer, f"{REWRITE_INSTRUCTION}\nPassage: {passage}")
+
+
+def qa_generation_prompt(tokenizer, title: str, text: str, n: int = 3, full_answer: bool = False) -> str:
+    """Ask for `n` grounded QA pairs as JSON; ends in QA_GEN_PREFILL, so the reply continues the first question."""
+    passage = f"{title}: {text}" if title else text
+    instruction = (QA_GEN_INSTRUCTION_FULL if full_answer else QA_GEN_INSTRUCTION).format(n=n)
+    return chat_prompt(tokenizer, f"{instruction}\nPassage: {passage}", QA_GEN_PREFILL)
