@@ -5,6 +5,7 @@ Heavy imports happen inside the verbs so that `hyperprag --help` answers at once
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -42,7 +43,7 @@ def demo(model: str = DEFAULT_MODEL, out: str = "runs/demo", train: bool = False
 def eval(  # noqa: A001 - the verb users type
     questions: str,
     corpus: str | None = None,
-    modes: list[str] = list(DEFAULT_MODES),
+    modes: tuple[str, ...] = DEFAULT_MODES,
     retriever: str = "bm25",
     index: str | None = None,
     top_k: int = 3,
@@ -145,6 +146,122 @@ def ask(question: str, documents: list[str] | None = None, corpus: str | None = 
     return pred.prediction
 
 
+def augment(corpus: str, cache: str = "runs/augment", method: str = "rules", model: str = DEFAULT_MODEL,
+            augment_model: str | None = None, limit: int | None = None, on_error: str = "fail") -> dict:
+    """Write each document's rewrites and QA pairs (cached by content hash; reruns skip finished ones).
+
+    Args:
+        corpus: Corpus JSONL (or a question JSONL whose passages are pooled).
+        cache: Folder of per-document augmentation files.
+        method: rules (fact-covering questions from the passage), llm, or rules+llm.
+        model: Base model (used by the llm method unless augment_model is given).
+        augment_model: A separate, larger instruct model for the llm method (hub id, folder or embedded name).
+        limit: Augment only the first N documents.
+        on_error: fail or skip bad input records.
+    """
+    from hyperprag.session import load_documents
+    from training.augment import augment_documents, summarize
+
+    docs = load_documents(corpus, on_error=on_error)[:limit]
+    llm = None
+    if "llm" in method and augment_model is None:
+        from hyperprag.core.models import load_base_model
+
+        llm = load_base_model(model)
+    augs = augment_documents(docs, method=method, model=llm[0] if llm else None,
+                             tokenizer=llm[1] if llm else None, augment_model=augment_model, cache_dir=cache)
+    summary = summarize(augs)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def teach(corpus: str, store: str, model: str = DEFAULT_MODEL, config: str | None = None, augment: str = "rules",
+          augment_cache: str | None = "runs/augment", shard: str = "0/1", limit: int | None = None,
+          store_dtype: str = "float32", on_error: str = "fail") -> dict:
+    """Train one LoRA per document (the PRAG teacher), K documents per forward pass, into an adapter store.
+
+    Resumable (finished documents are skipped) and shardable: run `--shard i/N` in N processes or on N
+    machines sharing the store folder; together they cover the corpus exactly once.
+
+    Args:
+        corpus: Corpus JSONL.
+        store: Adapter store folder (created, or resumed if it exists with the same model and spec).
+        model: Base model: embedded name, local folder or hub id.
+        config: A YAML of TeacherConfig fields (configs/teacher/); default: the measured defaults for the model.
+        augment: Augmentation method: rules, llm or rules+llm.
+        augment_cache: Folder caching augmentations by content hash.
+        shard: This process's part of the corpus, "i/N".
+        limit: Train at most N new documents (useful for a quick look).
+        store_dtype: float32, float16 or bfloat16 storage.
+        on_error: fail, or skip documents that cannot be trained (logged and reported).
+    """
+    from training.teacher import TeacherConfig, train_corpus
+
+    cfg = TeacherConfig.from_yaml(config) if config else TeacherConfig.for_model(model)
+    summary = train_corpus(model, corpus, store, cfg, augment=augment, augment_cache=augment_cache, shard=shard,
+                           on_error=on_error, limit=limit, store_dtype=store_dtype)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def parameterize(corpus: str, hypernet: str, store: str, model: str = DEFAULT_MODEL, batch_size: int = 32,
+                 shard: str = "0/1", store_dtype: str = "float32", on_error: str = "fail") -> dict:
+    """Generate every document's adapter with a trained hypernetwork (one forward per batch) into a store.
+
+    Args:
+        corpus: Corpus JSONL (or a question JSONL whose passages are pooled).
+        hypernet: Hypernetwork checkpoint folder (from `hyperprag train`).
+        store: Adapter store folder to write; rerun to resume.
+        model: Base model the hypernetwork was trained for.
+        batch_size: Documents per hypernetwork forward.
+        shard: This process's part of the corpus, "i/N".
+        store_dtype: float32, float16 or bfloat16 storage.
+        on_error: fail or skip bad input records.
+    """
+    from hyperprag.core.models import load_base_model
+    from hyperprag.session import load_documents
+    from inference.parameterize import parameterize_corpus
+
+    docs = load_documents(corpus, on_error=on_error)
+    base, tok = load_base_model(model)
+    stats = parameterize_corpus(hypernet, docs, store, base, tok, batch_size=batch_size, shard=shard,
+                                store_dtype=store_dtype)
+    print(json.dumps(stats, indent=2))
+    return stats
+
+
+def inspect(store: str) -> dict:
+    """Summarize an adapter store: base model, LoRA spec, settings, document count, bytes per adapter.
+
+    Args:
+        store: Adapter store folder.
+    """
+    from hyperprag.core.store import AdapterStore
+
+    st = AdapterStore.open(store)
+    info = {"root": str(store), "base_model": st.base_model, "spec": st.spec.to_dict(), "documents": len(st),
+            "bytes_per_adapter": st.bytes_per_adapter(), "settings": st.settings}
+    print(json.dumps(info, indent=2))
+    return info
+
+
+def export(store: str, doc_id: str, out: str) -> str:
+    """Export one document's adapter as a standard PEFT folder (loads with PeftModel.from_pretrained).
+
+    Args:
+        store: Adapter store folder.
+        doc_id: The document's id.
+        out: PEFT folder to write.
+    """
+    from hyperprag.core.models import resolve_model_path
+    from hyperprag.core.store import AdapterStore
+
+    st = AdapterStore.open(store)
+    st.export_peft(doc_id, out, resolve_model_path(st.base_model))
+    print(f"wrote PEFT adapter {out}")
+    return out
+
+
 def convert(kind: str, path: str, out: str) -> str:
     """Convert a dataset's official raw file into the project's question JSONL.
 
@@ -169,7 +286,8 @@ def train(config: str) -> None:
     raise AssertionError("dispatched in main()")  # pragma: no cover
 
 
-VERBS = {"demo": demo, "eval": eval, "index": index, "ask": ask, "convert": convert, "train": train}
+VERBS = {"demo": demo, "augment": augment, "teach": teach, "train": train, "parameterize": parameterize,
+         "ask": ask, "eval": eval, "index": index, "inspect": inspect, "export": export, "convert": convert}
 
 
 def main(argv: list[str] | None = None):
