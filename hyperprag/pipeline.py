@@ -1,0 +1,176 @@
+"""The main job (`hyperprag demo`): parameterize documents the hypernetwork has never seen, answer from weights.
+
+Stages, each announced on one line:
+  1. load the base model and the demo data (invented documents: 40 to learn from, 20 unseen);
+  2. get a hypernetwork: the checkpoint shipped for this base model, or (``--train``, or when none
+     ships) train teacher LoRAs on the training documents and fit the hypernetwork on them;
+  3. parameterize the unseen documents in one batched pass (docs/s);
+  4. answer the unseen documents' questions closed-book and with passages in every mode;
+  5. the own-vs-other-document check: gold-answer loss and exact match with each question's own
+     document's generated adapter, another document's, and none; general questions with adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from hyperprag.core.data import Question, load_corpus, load_questions
+from hyperprag.core.io import atomic_write_json, atomic_write_text
+from hyperprag.core.metrics import score
+from hyperprag.core.models import load_base_model
+from hyperprag.core.prompts import answer_completion, answer_prompt
+from hyperprag.demo import demo_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STAGES = 5
+
+
+def stage(i: int, text: str) -> None:
+    print(f"[{i}/{STAGES}] {text}", flush=True)
+
+
+def shipped_checkpoint(model: str) -> Path | None:
+    """The hypernetwork that ships for an embedded model (made by the command in its folder's README)."""
+    folder = demo_dir() / "checkpoints" / model
+    return folder if (folder / "config.json").exists() else None
+
+
+def train_demo_hypernet(model: str, out: Path) -> Path:
+    """Teacher LoRAs for the demo training documents, then the Lightning fit; returns the exported folder."""
+    from training.hypernet_cli import run_train
+    from training.teacher import TeacherConfig, train_corpus
+
+    corpus = demo_dir() / "train" / "corpus.jsonl"
+    teacher_store, aug_cache = out / "teacher", out / "augment"
+    summary = train_corpus(model, corpus, teacher_store, TeacherConfig.for_model(model), augment="rules",
+                           augment_cache=aug_cache)
+    print(f"      teacher: {summary['trained']} documents trained in {summary['seconds']:.0f}s", flush=True)
+    root = out / "hypernet-train"
+    run_train(["fit", "--config", str(REPO_ROOT / "configs" / "hypernet" / "smollm2_demo.yaml"),
+               "--model.base_model", model, "--data.corpus", str(corpus), "--data.teacher_store", str(teacher_store),
+               "--data.augmentations", str(aug_cache), "--data.embedding_cache_dir", str(out / "embeddings"),
+               "--trainer.default_root_dir", str(root), "--trainer.logger", "false"])
+    return root / "hypernet"
+
+
+def _other_document_map(doc_ids: list[str], seed: int = 0) -> dict[str, str]:
+    """Each document paired with a different one (a fixed derangement), for the specificity check."""
+    order = sorted(doc_ids)
+    random.Random(seed).shuffle(order)
+    return {a: order[(i + 1) % len(order)] for i, a in enumerate(order)}
+
+
+def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = False, batch_size: int = 8) -> dict:
+    """Run the main job and print its table; writes predictions, metrics.json and table.md under `out`."""
+    from inference.answer import Answerer
+    from inference.evaluate import evaluate, format_table
+    from inference.generate import answer_nll, generate
+    from inference.parameterize import parameterize_corpus
+    from inference.retrieval import build_retriever
+
+    started = time.perf_counter()
+    out_dir = Path(out)
+    stage(1, f"loading {model} and the demo documents")
+    base, tok = load_base_model(model)
+    d = demo_dir()
+    train_docs, unseen_docs = load_corpus(d / "train" / "corpus.jsonl"), load_corpus(d / "unseen" / "corpus.jsonl")
+    questions = list(load_questions(d / "unseen" / "questions.jsonl"))
+    general = list(load_questions(d / "general.jsonl"))
+    all_docs = list(train_docs) + list(unseen_docs)
+
+    ckpt = None if train else shipped_checkpoint(model)
+    if ckpt is None:
+        stage(2, f"training teacher LoRAs and the hypernetwork for {model} (no shipped checkpoint or --train)")
+        ckpt = train_demo_hypernet(model, out_dir)
+    else:
+        stage(2, f"using the shipped hypernetwork {ckpt.relative_to(REPO_ROOT) if ckpt.is_relative_to(REPO_ROOT) else ckpt}")
+
+    stage(3, f"parameterizing {len(unseen_docs)} unseen documents")
+    store_dir = out_dir / "hyper-store"
+    stats = parameterize_corpus(ckpt, list(unseen_docs), store_dir, base, tok, batch_size=32, progress=False)
+    if stats["generated"]:
+        print(f"      {stats['generated']} adapters in {stats['seconds']:.2f}s = {stats['docs_per_s']:.1f} docs/s "
+              f"(encode {stats['encode_s']:.2f}s, generate {stats['generate_s']:.2f}s, write {stats['write_s']:.2f}s)")
+    else:
+        print(f"      all {stats['documents']} adapters already in {store_dir}")
+
+    stage(4, f"answering {len(questions)} questions about the unseen documents in every mode")
+    from hyperprag.core.store import AdapterStore
+
+    store = AdapterStore.open(store_dir)
+    store.preload()
+    retriever = build_retriever("bm25", all_docs)
+    answerer = Answerer(base, tok, {x.id: x for x in all_docs}, retriever=retriever, hyper=store, top_k=1,
+                        batch_size=batch_size)
+    modes = ["vanilla", "rag", "hyper", "hyper-combine"]
+    metrics = evaluate(answerer, questions, modes, out_dir / "eval", batch_size=batch_size, with_nll=True,
+                       progress=False)
+
+    stage(5, "own-document vs other-document adapters, and general questions")
+    check = specificity_check(base, tok, questions, {x.id: x for x in unseen_docs}, store, batch_size,
+                              answer_nll, generate)
+    general_rows = general_check(base, tok, general, store, batch_size, generate)
+    elapsed = time.perf_counter() - started
+    table = format_table(metrics)
+    spec_table = "\n".join(["| adapter | answer_nll | em | contains |", "|---|---|---|---|"] +
+                           [f"| {k} | {v['answer_nll']:.3f} | {v['em']:.3f} | {v['contains']:.3f} |"
+                            for k, v in check.items()])
+    gen_table = "\n".join(["| general questions | contains |", "|---|---|"] +
+                          [f"| {k} | {v:.3f} |" for k, v in general_rows.items()])
+    report = (f"## Unseen demo documents ({len(unseen_docs)} documents, {len(questions)} questions, {model})\n\n"
+              f"{table}\n\n### Own vs other document's generated adapter (closed-book)\n\n{spec_table}\n\n"
+              f"{gen_table}\n\nparameterization: {stats['docs_per_s'] or 0:.1f} docs/s; total {elapsed:.0f}s\n")
+    print("\n" + report)
+    result = {"model": model, "metrics": metrics, "specificity": check, "general": general_rows,
+              "parameterize": stats, "seconds": elapsed}
+    atomic_write_json(out_dir / "result.json", result)
+    atomic_write_text(out_dir / "table.md", report)
+    return result
+
+
+def _doc_of(question: Question, by_content: dict[tuple[str, str], str]) -> str:
+    p = question.passages[0]
+    return by_content[(p.title, p.text)]
+
+
+def specificity_check(base, tok, questions, docs, store, batch_size, answer_nll, generate) -> dict[str, dict]:
+    """Closed-book gold-answer loss / EM with own, another and no document adapter."""
+    from hyperprag.core.metrics import extract_answer
+
+    by_content = {(x.title, x.text): x.id for x in docs.values()}
+    own_ids = [_doc_of(q, by_content) for q in questions]
+    other = _other_document_map(list(docs))
+    prompts = [answer_prompt(tok, q.question) for q in questions]
+    completions = [answer_completion(q.answers[0]) for q in questions]
+    rows = {}
+    for name, ids in (("none", None), ("own document", own_ids), ("other document", [other[i] for i in own_ids])):
+        adapters = None if ids is None else store.get_many(ids)
+        nll = answer_nll(base, tok, prompts, completions, adapters, store.spec, batch_size)
+        raw = generate(base, tok, prompts, adapters, store.spec, 20, batch_size)
+        scores = [score(extract_answer(r), q) for r, q in zip(raw, questions, strict=True)]
+        rows[name] = {"answer_nll": sum(nll) / len(nll), "em": sum(s["em"] for s in scores) / len(scores),
+                      "contains": sum(s["contains"] for s in scores) / len(scores)}
+    return rows
+
+
+def general_check(base, tok, general, store, batch_size, generate) -> dict[str, float]:
+    """Share of general questions still answered with each unseen document's adapter applied (in turn)."""
+    from hyperprag.core.metrics import extract_answer
+
+    prompts = [answer_prompt(tok, q.question) for q in general]
+
+    def contains(adapter) -> float:
+        raw = generate(base, tok, prompts, adapter, store.spec, 20, batch_size)
+        return sum(score(extract_answer(r), q)["contains"] for r, q in zip(raw, general, strict=True)) / len(general)
+
+    ids = sorted(store.ids())[:3]
+    rows = {"no adapter": contains(None)}
+    rows[f"with a document adapter (mean of {len(ids)})"] = sum(contains(store.get(i)) for i in ids) / len(ids)
+    return rows
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_demo(), indent=2, default=str))
