@@ -49,7 +49,7 @@ def train_demo_hypernet(model: str, out: Path) -> Path:
                            augment_cache=aug_cache)
     print(f"      teacher: {summary['trained']} documents trained in {summary['seconds']:.0f}s", flush=True)
     root = out / "hypernet-train"
-    run_train(["fit", "--config", str(REPO_ROOT / "configs" / "hypernet" / "smollm2_demo.yaml"),
+    run_train(["--config", str(REPO_ROOT / "configs" / "hypernet" / "smollm2_demo.yaml"),
                "--model.base_model", model, "--data.corpus", str(corpus), "--data.teacher_store", str(teacher_store),
                "--data.augmentations", str(aug_cache), "--data.embedding_cache_dir", str(out / "embeddings"),
                "--trainer.default_root_dir", str(root), "--trainer.logger", "false"])
