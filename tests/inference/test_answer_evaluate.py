@@ -1,0 +1,105 @@
+"""Answering modes pick the right passages and adapters; evaluation resumes to the same metrics."""
+
+import json
+
+import pytest
+import torch
+
+from hyperprag.core.compose import compose
+from hyperprag.core.data import Document, Passage, Question
+from hyperprag.core.lora import LoraSpec, LoraWeights, target_shapes
+from hyperprag.core.prompts import answer_prompt
+from hyperprag.core.store import AdapterStore
+from inference.answer import MODES, Answerer
+from inference.evaluate import evaluate
+from inference.generate import generate
+
+SPEC = LoraSpec(rank=2, alpha=32)
+DOCS = [Document(f"d{i}", f"Title {i}", f"Document {i} says the answer is word{i}.") for i in range(4)]
+
+
+def adapter(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    shapes = target_shapes(model, SPEC)
+    return LoraWeights({m: torch.randn(L, 2, i, generator=g) * 0.05 for m, (L, i, o) in shapes.items()},
+                       {m: torch.randn(L, o, 2, generator=g) * 0.05 for m, (L, i, o) in shapes.items()})
+
+
+class FixedRetriever:
+    """Question i retrieves documents i and i+1 (mod 4)."""
+
+    def search(self, queries, k):
+        return [[(f"d{(int(q.split()[-1]) + j) % 4}", 1.0) for j in range(k)] for q in queries]
+
+
+def questions(n=6):
+    return [Question(f"q{i}", f"What does document say {i % 4}", [f"word{i % 4}"], "toy", "t" + str(i % 2),
+                     [Passage(DOCS[i % 4].title, DOCS[i % 4].text, True)]) for i in range(n)]
+
+
+@pytest.fixture
+def answerer(tiny_llama, tiny_tokenizer, tmp_path):
+    store = AdapterStore.create(tmp_path / "store", "tiny", SPEC)
+    for i, d in enumerate(DOCS):
+        store.put(d.id, adapter(tiny_llama, i))
+    store.flush()
+    return Answerer(tiny_llama, tiny_tokenizer, {d.id: d for d in DOCS}, retriever=FixedRetriever(),
+                    teacher=store, hyper=store, top_k=2, max_new_tokens=6, batch_size=4)
+
+
+def test_modes_build_the_documented_prompts_and_adapters(answerer, tiny_tokenizer):
+    qs = questions(2)
+    for mode in MODES:
+        prompts, adapters, doc_ids, _ = answerer.prompts_and_adapters(qs, mode)
+        if mode == "vanilla":
+            assert prompts[1] == answer_prompt(tiny_tokenizer, qs[1].question) and adapters == [None, None]
+            continue
+        assert doc_ids[1] == ["d1", "d2"]
+        has_passages = "Passage 1: Title 1" in prompts[1]
+        assert has_passages == (mode in {"rag", "prag-combine", "hyper-combine"})
+        if mode == "rag":
+            assert adapters == [None, None]
+        else:
+            want = compose([answerer.teacher.get("d1"), answerer.teacher.get("d2")], "cat")
+            for m in want.A:
+                assert torch.equal(adapters[1].A[m], want.A[m]) and torch.equal(adapters[1].B[m], want.B[m])
+
+
+def test_gold_retrieval_uses_the_questions_own_passages(answerer):
+    answerer.retrieval = "gold"
+    assert answerer.documents_for(questions(3)) == [["d0"], ["d1"], ["d2"]]
+
+
+def test_prag_answers_equal_generation_with_the_composed_adapter(answerer, tiny_llama, tiny_tokenizer):
+    qs = questions(3)
+    preds = answerer.answer(qs, "prag")
+    prompts, adapters, _, spec = answerer.prompts_and_adapters(qs, "prag")
+    for p, prompt, a in zip(preds, prompts, adapters, strict=True):
+        assert p.raw == generate(tiny_llama, tiny_tokenizer, [prompt], a, spec, max_new_tokens=6)[0]
+
+
+def test_missing_adapter_source_is_a_clear_error(answerer):
+    answerer.teacher = None
+    with pytest.raises(ValueError, match="teacher adapter store"):
+        answerer.answer(questions(1), "prag")
+
+
+def test_evaluate_resumes_after_a_kill_with_equal_metrics(answerer, tmp_path):
+    qs = questions(6)
+    full = evaluate(answerer, qs, ["vanilla", "prag"], tmp_path / "full", batch_size=2, with_nll=True,
+                    progress=False)
+    # a run killed mid-way: 3 finished records and a torn fourth line
+    part = tmp_path / "part" / "predictions"
+    part.mkdir(parents=True)
+    lines = (tmp_path / "full" / "predictions" / "vanilla.jsonl").read_text().splitlines()
+    (part / "vanilla.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:25])
+    resumed = evaluate(answerer, qs, ["vanilla", "prag"], tmp_path / "part", batch_size=2, with_nll=True,
+                       progress=False)
+    recs = [json.loads(x) for x in (part / "vanilla.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in recs) == sorted(q.id for q in qs)  # each question exactly once
+    for mode in full:
+        for group in full[mode]:
+            for key in ("em", "f1", "contains", "answer_nll", "n"):
+                assert resumed[mode][group][key] == pytest.approx(full[mode][group][key])
+    assert set(full["vanilla"]) == {"all", "toy", "toy/t0", "toy/t1"}
+    assert (tmp_path / "part" / "metrics.md").read_text().count("| vanilla |") == 4
