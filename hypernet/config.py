@@ -1,0 +1,112 @@
+"""Configuration of the hypernetwork, its document encoder and its loss weights (plain dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+ARCHS = ("hyperlora", "dyprag")
+ENCODER_KINDS = ("sentence", "llm")
+POOLINGS = ("last", "mean")
+PARAM_LOSSES = ("coord", "deltaw")
+KL_POSITIONS = ("answer", "all")
+
+
+def _from_dict(cls, d: dict, what: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} fields {unknown}; known: {sorted(known)}")
+    return cls(**d)
+
+
+@dataclass
+class HyperNetConfig:
+    """Size and initialization of the network that maps a document embedding to every LoRA matrix."""
+
+    arch: str = "hyperlora"
+    """hyperlora (shared trunk + per-module-type basis heads) | dyprag (one MLP per layer and module)."""
+    emb_dim: int | None = None
+    """Document-embedding width; None = taken from the encoder (384 for MiniLM, hidden size for an LLM)."""
+    hidden: int = 256
+    """Trunk width h (hyperlora)."""
+    trunk_layers: int = 2
+    """Residual MLP blocks in the shared trunk (hyperlora)."""
+    basis: int = 128
+    """K: atoms in each module type's learned output basis; A rows and B columns are combinations of them."""
+    mean_adapter: bool = True
+    """Learn a document-independent adapter (per layer and module) that generated matrices are added to."""
+    dropout: float = 0.0
+    """Dropout on the projected document embedding and inside the trunk."""
+    a_init_scale: float = 1.0
+    """RMS of the first generated A (document part), in units of the A output scale (PEFT's 1/sqrt(3*in))."""
+    b_scale: float = 1e-3
+    """Output scale of B (a trained teacher's B RMS; `calibrate` sets it from teachers). The network works
+    in units of it, so AdamW's fixed-size steps suit B's tiny values as well as A's."""
+    b_init: float = 0.1
+    """RMS of the first generated B, in units of b_scale: small (near-zero first deltas), nonzero (A learns)."""
+    calibrate: bool = True
+    """Set the A/B output scales from the training teachers' RMS before the first step."""
+    dyprag_hidden: int = 32
+    """Bottleneck width of each per-(layer, module) MLP of the DyPRAG baseline (their default 32)."""
+    dyprag_init: str = "paper"
+    """DyPRAG baseline init: paper (every weight N(0, 1e-7), as published) | scaled (PEFT-like A, small B)."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"HyperNetConfig.arch {self.arch!r} is not one of {ARCHS}")
+        if self.dyprag_init not in ("paper", "scaled"):
+            raise ValueError(f"HyperNetConfig.dyprag_init {self.dyprag_init!r} is not 'paper' or 'scaled'")
+        for name in ("hidden", "basis", "dyprag_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"HyperNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.trunk_layers < 0:
+            raise ValueError(f"HyperNetConfig.trunk_layers must be >= 0, got {self.trunk_layers}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HyperNetConfig:
+        return _from_dict(cls, d, "HyperNetConfig")
+
+
+@dataclass
+class EncoderSpec:
+    """Which document encoder makes the hypernetwork's input (recorded with a trained hypernetwork)."""
+
+    kind: str = "sentence"
+    """sentence (bundled all-MiniLM-L6-v2, 384-d) | llm (the base model's own hidden states)."""
+    layer: int = -1
+    """llm: index into hidden_states (0 = embeddings, -1 = last layer after the final norm)."""
+    pooling: str = "mean"
+    """llm: mean over real tokens | last (the last real token, as DyPRAG does)."""
+    max_length: int = 512
+    """llm: longest document in tokens (longer ones are truncated)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENCODER_KINDS:
+            raise ValueError(f"EncoderSpec.kind {self.kind!r} is not one of {ENCODER_KINDS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"EncoderSpec.pooling {self.pooling!r} is not one of {POOLINGS}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EncoderSpec:
+        return _from_dict(cls, d, "EncoderSpec")
+
+
+@dataclass
+class LossWeights:
+    """Weights of the training losses (each is also logged on its own, weighted or not)."""
+
+    param: float = 1.0
+    """Parameter loss against the teacher LoRA (coordinate or delta-W form, see `param_loss`)."""
+    kl: float = 1.0
+    """KL(teacher-adapted || student-adapted) next-token distributions on the document's QA sequences."""
+    lm: float = 1.0
+    """Cross-entropy of the answer tokens with the generated adapter applied."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
