@@ -175,7 +175,7 @@ def augment(corpus: str, cache: str = "runs/augment", method: str = "rules", mod
     return summary
 
 
-def teach(corpus: str, store: str, model: str = DEFAULT_MODEL, config: str | None = None, augment: str = "rules",
+def teach(corpus: str, store: str, model: str = DEFAULT_MODEL, settings: str | None = None, augment: str = "rules",
           augment_cache: str | None = "runs/augment", shard: str = "0/1", limit: int | None = None,
           store_dtype: str = "float32", on_error: str = "fail") -> dict:
     """Train one LoRA per document (the PRAG teacher), K documents per forward pass, into an adapter store.
@@ -187,7 +187,7 @@ def teach(corpus: str, store: str, model: str = DEFAULT_MODEL, config: str | Non
         corpus: Corpus JSONL.
         store: Adapter store folder (created, or resumed if it exists with the same model and spec).
         model: Base model: embedded name, local folder or hub id.
-        config: A YAML of TeacherConfig fields (configs/teacher/); default: the measured defaults for the model.
+        settings: A YAML of TeacherConfig fields (configs/teacher/); default: the measured defaults for the model.
         augment: Augmentation method: rules, llm or rules+llm.
         augment_cache: Folder caching augmentations by content hash.
         shard: This process's part of the corpus, "i/N".
@@ -197,7 +197,7 @@ def teach(corpus: str, store: str, model: str = DEFAULT_MODEL, config: str | Non
     """
     from training.teacher import TeacherConfig, train_corpus
 
-    cfg = TeacherConfig.from_yaml(config) if config else TeacherConfig.for_model(model)
+    cfg = TeacherConfig.from_yaml(settings) if settings else TeacherConfig.for_model(model)
     summary = train_corpus(model, corpus, store, cfg, augment=augment, augment_cache=augment_cache, shard=shard,
                            on_error=on_error, limit=limit, store_dtype=store_dtype)
     print(json.dumps(summary, indent=2))
