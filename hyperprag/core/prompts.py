@@ -41,13 +41,7 @@ def user_message(question: str, passages: Sequence[tuple[str, str]] = (), option
 def answer_prompt(tokenizer, question: str, passages: Sequence[tuple[str, str]] = (),
                   options: dict[str, str] | None = None) -> str:
     """The full prompt text, ending in the assistant pre-fill; falls back to plain text without a template."""
-    user = user_message(question, passages, options)
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                             add_generation_prompt=True)
-    else:  # base models without a chat template (e.g. Gemma-3-270M base)
-        text = f"{user}\n"
-    return text + ANSWER_PREFILL
+    return chat_prompt(tokenizer, user_message(question, passages, options), ANSWER_PREFILL)
 
 
 def answer_completion(answer: str) -> str:
@@ -84,7 +78,10 @@ CONTEXT_QUESTION = "Regarding {title}, {question}"
 
 
 def chat_prompt(tokenizer, user: str, prefill: str = "") -> str:
-    """`user` as one chat turn with the assistant turn opened (and pre-filled); plain text without a template."""
+    """`user` as one chat turn with the assistant turn opened (and pre-filled).
+
+    Base models without a chat template (e.g. Gemma-3-270M base) get the plain text and a newline.
+    """
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
                                              add_generation_prompt=True)
