@@ -10,10 +10,21 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 from hyperprag.core.models import DEFAULT_MODEL
 
 DEFAULT_MODES = ("vanilla", "rag")
+# Choices the parser checks (a mistyped value stops at parsing with a message naming the option).
+OnError = Literal["fail", "skip"]
+Mode = Literal["vanilla", "rag", "prag", "prag-combine", "hyper", "hyper-combine"]
+RetrieverKind = Literal["bm25", "dense", "gold"]
+ModelDtype = Literal["float32", "bfloat16", "float16"]
+StoreDtype = Literal["float32", "float16", "bfloat16"]
+Composition = Literal["cat", "sum", "mean", "cat-mean"]
+IndexKind = Literal["bm25", "dense"]
+AugmentMethod = Literal["rules", "llm", "rules+llm"]
+RawKind = Literal["hotpotqa", "2wiki", "popqa", "cwq"]
 
 
 def _setup() -> None:
@@ -43,22 +54,22 @@ def demo(model: str = DEFAULT_MODEL, out: str = "runs/demo", train: bool = False
 def eval(  # noqa: A001 - the verb users type
     questions: str,
     corpus: str | None = None,
-    modes: tuple[str, ...] = DEFAULT_MODES,
-    retriever: str = "bm25",
+    modes: tuple[Mode, ...] = DEFAULT_MODES,
+    retriever: RetrieverKind = "bm25",
     index: str | None = None,
     top_k: int = 3,
     model: str = DEFAULT_MODEL,
-    dtype: str = "float32",
+    dtype: ModelDtype = "float32",
     store: str | None = None,
     hypernet: str | None = None,
-    composition: str = "cat",
+    composition: Composition = "cat",
     out: str = "runs/eval",
     limit: int | None = None,
     offset: int = 0,
     batch_size: int = 8,
     max_new_tokens: int = 20,
     answer_loss: bool = False,
-    on_error: str = "fail",
+    on_error: OnError = "fail",
 ) -> dict:
     """Answer a question file in several modes and score it (EM/F1 or accuracy); resumable.
 
@@ -96,7 +107,7 @@ def eval(  # noqa: A001 - the verb users type
     return metrics
 
 
-def index(corpus: str, out: str, kind: str = "bm25", on_error: str = "fail") -> str:
+def index(corpus: str, out: str, kind: IndexKind = "bm25", on_error: OnError = "fail") -> str:
     """Build a retrieval index over a corpus (or a question file's pooled passages) and save it.
 
     Args:
@@ -114,7 +125,7 @@ def index(corpus: str, out: str, kind: str = "bm25", on_error: str = "fail") -> 
     return out
 
 
-def ask(question: str, documents: list[str] | None = None, corpus: str | None = None, mode: str = "vanilla",
+def ask(question: str, documents: list[str] | None = None, corpus: str | None = None, mode: Mode = "vanilla",
         model: str = DEFAULT_MODEL, store: str | None = None, hypernet: str | None = None, top_k: int = 3,
         max_new_tokens: int = 32) -> str:
     """Answer one question, with documents given inline or retrieved from a corpus.
@@ -146,8 +157,8 @@ def ask(question: str, documents: list[str] | None = None, corpus: str | None = 
     return pred.prediction
 
 
-def augment(corpus: str, cache: str = "runs/augment", method: str = "rules", model: str = DEFAULT_MODEL,
-            augment_model: str | None = None, limit: int | None = None, on_error: str = "fail") -> dict:
+def augment(corpus: str, cache: str = "runs/augment", method: AugmentMethod = "rules", model: str = DEFAULT_MODEL,
+            augment_model: str | None = None, limit: int | None = None, on_error: OnError = "fail") -> dict:
     """Write each document's rewrites and QA pairs (cached by content hash; reruns skip finished ones).
 
     Args:
@@ -175,9 +186,10 @@ def augment(corpus: str, cache: str = "runs/augment", method: str = "rules", mod
     return summary
 
 
-def teach(corpus: str, store: str, model: str = DEFAULT_MODEL, settings: str | None = None, augment: str = "rules",
+def teach(corpus: str, store: str, model: str = DEFAULT_MODEL, settings: str | None = None,
+          augment: AugmentMethod = "rules",
           augment_cache: str | None = "runs/augment", shard: str = "0/1", limit: int | None = None,
-          store_dtype: str = "float32", on_error: str = "fail") -> dict:
+          store_dtype: StoreDtype = "float32", on_error: OnError = "fail") -> dict:
     """Train one LoRA per document (the PRAG teacher), K documents per forward pass, into an adapter store.
 
     Resumable (finished documents are skipped) and shardable: run `--shard i/N` in N processes or on N
@@ -205,7 +217,7 @@ def teach(corpus: str, store: str, model: str = DEFAULT_MODEL, settings: str | N
 
 
 def parameterize(corpus: str, hypernet: str, store: str, model: str = DEFAULT_MODEL, batch_size: int = 32,
-                 shard: str = "0/1", store_dtype: str = "float32", on_error: str = "fail") -> dict:
+                 shard: str = "0/1", store_dtype: StoreDtype = "float32", on_error: OnError = "fail") -> dict:
     """Generate every document's adapter with a trained hypernetwork (one forward per batch) into a store.
 
     Args:
@@ -262,7 +274,7 @@ def export(store: str, doc_id: str, out: str) -> str:
     return out
 
 
-def convert(kind: str, path: str, out: str) -> str:
+def convert(kind: RawKind, path: str, out: str) -> str:
     """Convert a dataset's official raw file into the project's question JSONL.
 
     Args:
@@ -277,6 +289,33 @@ def convert(kind: str, path: str, out: str) -> str:
     return out
 
 
+def ablate(config: str, out: str | None = None) -> dict:
+    """Run a comparison grid (datasets x methods x hypernetwork variants x top-k x composition); resumable.
+
+    Writes one results folder: metrics.json (every cell), table.md, plots/*.png, the resolved config and
+    logs; teacher LoRAs and hypernetworks are trained once there and shared by the cells. Rerun to finish
+    or extend a grid: finished cells are skipped.
+
+    Args:
+        config: A YAML file from configs/ablation/ (its first line is the command that runs it).
+        out: Results folder; default: the config's `out`.
+    """
+    from hyperprag.ablate import run_ablation
+
+    summary = run_ablation(config, out=out)
+    print(f"\nresults: {summary['config']['out']} (table.md, metrics.json, plots/)")
+    return summary
+
+
+def _run_ablate(args: list[str]):
+    """`hyperprag ablate --config X.yaml [--out DIR]`, parsed from `ablate`'s own signature and docstring."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="hyperprag ablate", description=ablate.__doc__.split("\n")[0])
+    parser.add_function_arguments(ablate, as_group=False, as_positional=False)
+    return ablate(**parser.parse_args(args).as_dict())
+
+
 def train(config: str) -> None:
     """Train the hypernetwork with PyTorch Lightning (LightningCLI; `hyperprag train --help` for all options).
 
@@ -287,20 +326,29 @@ def train(config: str) -> None:
 
 
 VERBS = {"demo": demo, "augment": augment, "teach": teach, "train": train, "parameterize": parameterize,
-         "ask": ask, "eval": eval, "index": index, "inspect": inspect, "export": export, "convert": convert}
+         "ask": ask, "eval": eval, "index": index, "inspect": inspect, "export": export, "convert": convert,
+         "ablate": ablate}
 
 
 def main(argv: list[str] | None = None):
+    """Run a verb. Given `argv`, returns the verb's result (programmatic use); as the console script
+    (argv None) returns None, because the script ends with `sys.exit(main())` and any other value would
+    be printed to stderr with exit status 1."""
+    as_script = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     _setup()
     if argv and argv[0] == "train":  # Lightning owns this verb's parser (fit/validate, trainer options)
         from training.hypernet_cli import run_train
 
-        return run_train(argv[1:])
-    from jsonargparse import auto_cli
+        result = run_train(argv[1:])
+    elif argv and argv[0] == "ablate":  # auto_cli drops a parameter named `config` (its own option's name)
+        result = _run_ablate(argv[1:])
+    else:
+        from jsonargparse import auto_cli
 
-    auto_cli(VERBS, args=argv, description="hyperprag: parametric RAG with per-document and generated LoRAs")
-    return None
+        result = auto_cli(VERBS, args=argv,
+                          description="hyperprag: parametric RAG with per-document and generated LoRAs")
+    return None if as_script else result
 
 
 if __name__ == "__main__":

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
-from hyperprag.core.data import Document, Question, load_corpus, load_questions, pool_corpus
-from hyperprag.core.models import DEFAULT_MODEL, load_base_model
+from hyperprag.core.data import Document, Loaded, Question, load_corpus, load_questions, pool_corpus
+from hyperprag.core.models import DEFAULT_MODEL, load_base_model, model_id
+
+log = logging.getLogger(__name__)
+MAX_CHARS = 20000
+"""Longest document or question passage (characters) a command accepts; longer ones are bad records (the
+corpus loader's default; a multi-megabyte passage would otherwise reach a prompt whole)."""
 
 
 def _is_question_file(path: str | Path) -> bool:
@@ -20,18 +26,39 @@ def _is_question_file(path: str | Path) -> bool:
     return False
 
 
+def report_skipped(loaded: Loaded) -> list[str]:
+    """Log every record `on_error="skip"` left out (file, line, field, problem), one warning each."""
+    for err in loaded.skipped:
+        log.warning("skipped bad record: %s", err)
+    return [str(err) for err in loaded.skipped]
+
+
+def read_questions(path: str, on_error: str = "fail") -> list[Question]:
+    """A question JSONL with the command-line policies: passages over MAX_CHARS are bad, skips reported."""
+    loaded = load_questions(path, on_error=on_error, max_chars=MAX_CHARS)
+    report_skipped(loaded)
+    return list(loaded)
+
+
+def read_corpus(path: str, on_error: str = "fail") -> list[Document]:
+    """A corpus JSONL with the command-line policies: texts over MAX_CHARS are bad, skips reported."""
+    loaded = load_corpus(path, on_error=on_error, max_chars=MAX_CHARS)
+    report_skipped(loaded)
+    return list(loaded)
+
+
 def load_documents(path: str, on_error: str = "fail") -> list[Document]:
     """A corpus JSONL, or the pooled passages of a question JSONL."""
     if _is_question_file(path):
-        return pool_corpus(load_questions(path, on_error=on_error))
-    return list(load_corpus(path, on_error=on_error))
+        return pool_corpus(read_questions(path, on_error=on_error))
+    return read_corpus(path, on_error=on_error)
 
 
 def load_eval_inputs(questions: str, corpus: str | None, on_error: str = "fail", limit: int | None = None,
                      offset: int = 0) -> tuple[list[Question], list[Document]]:
     """Questions (sliced) and the corpus they are answered from (pooled from all questions by default)."""
-    qs = list(load_questions(questions, on_error=on_error))
-    docs = list(load_corpus(corpus, on_error=on_error)) if corpus else pool_corpus(qs)
+    qs = read_questions(questions, on_error=on_error)
+    docs = read_corpus(corpus, on_error=on_error) if corpus else pool_corpus(qs)
     qs = qs[offset:]
     if limit is not None:
         qs = qs[:limit]
@@ -59,6 +86,7 @@ def build_answerer(docs: list[Document], model: str = DEFAULT_MODEL, dtype: str 
         from hyperprag.core.store import AdapterStore
 
         teacher = AdapterStore.open(store, expect_base_model=model)
+        check_store_fits(teacher, base)
     if hypernet:
         hyper = load_hyper_source(hypernet, base, tokenizer, docs, model)
     return Answerer(base, tokenizer, {d.id: d for d in docs}, retriever=ret, teacher=teacher, hyper=hyper,
@@ -71,7 +99,36 @@ def load_hyper_source(path: str, base, tokenizer, docs: list[Document], model_na
     if (Path(path) / "manifest.json").exists():
         from hyperprag.core.store import AdapterStore
 
-        return AdapterStore.open(path, expect_base_model=model_name)
+        generated = AdapterStore.open(path, expect_base_model=model_name)
+        check_store_fits(generated, base)
+        return generated
     from inference.parameterize import OnTheFlySource
 
     return OnTheFlySource.from_checkpoint(path, base, tokenizer, docs)
+
+
+def check_store_fits(store, base) -> None:
+    """Refuse, before anything is answered, a store whose adapters cannot apply to `base`: target modules the
+    model lacks, other layer counts or sizes, tensors of another rank than the manifest's, unreadable shards."""
+    from hyperprag.core.lora import target_shapes
+    from hyperprag.core.store import StoreError
+
+    name = model_id(base)
+    try:
+        want = target_shapes(base, store.spec)  # {m: (layers, in, out)}
+    except ValueError as err:
+        raise StoreError(f"adapter store {store.root}: its target modules {list(store.spec.target_modules)} do "
+                         f"not fit base model {name!r} ({err})") from None
+    store.verify()
+    if not len(store):
+        return
+    first = store.ids()[0]
+    w = store.get(first)
+    have = {m: (w.A[m].shape[0], w.A[m].shape[2], w.B[m].shape[1]) for m in store.spec.target_modules}
+    if have != want:
+        raise StoreError(f"adapter store {store.root}: adapter {first!r} has shapes {have} (module: (layers, in, "
+                         f"out)) but base model {name!r} needs {want}; the store was made for another model")
+    ranks = {w.A[m].shape[1] for m in have} | {w.B[m].shape[2] for m in have}
+    if ranks != {store.spec.rank}:
+        raise StoreError(f"adapter store {store.root}: adapter {first!r} has rank {sorted(ranks)} but its "
+                         f"manifest says rank {store.spec.rank} ({store.root / 'manifest.json'})")

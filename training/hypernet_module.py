@@ -60,7 +60,8 @@ class HyperLoRAModule(pl.LightningModule):
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, schedule: str = "cosine",
                  base_model: str = "smollm2-135m", base_dtype: str = "float32", spec: LoraSpec | None = None,
                  encoder: EncoderSpec | None = None, shapes: dict[str, tuple[int, int, int]] | None = None,
-                 em_batches: int = 1, em_max_new_tokens: int = 16, export_dir: str | None = None):
+                 em_batches: int = 1, em_max_new_tokens: int = 16, export_dir: str | None = None,
+                 on_nonfinite: str = "stop"):
         """
         Args:
             hypernet: architecture and size of the hypernetwork.
@@ -80,6 +81,9 @@ class HyperLoRAModule(pl.LightningModule):
             em_batches: validation batches per epoch on which closed-book exact match is generated.
             em_max_new_tokens: greedy tokens generated per exact-match question.
             export_dir: where the best hypernetwork is exported after fit (default: <root>/hypernet).
+            on_nonfinite: a NaN/inf training loss: stop (raise, naming the step and the batch's documents; the
+                last checkpoint stays as it was) | skip (no update for that batch, logged; single process
+                only, since DDP ranks must step together).
         """
         super().__init__()
         if param_loss not in PARAM_LOSSES:
@@ -88,6 +92,8 @@ class HyperLoRAModule(pl.LightningModule):
             raise ValueError(f"kl_positions {kl_positions!r} is not one of {KL_POSITIONS}")
         if schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule {schedule!r} is not 'cosine' or 'constant'")
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite {on_nonfinite!r} is not 'stop' or 'skip'")
         self.save_hyperparameters(ignore=["hypernet", "loss_weights", "spec", "encoder", "shapes"])
         self.spec = _coerce(LoraSpec, spec)
         self.encoder_spec = _coerce(EncoderSpec, encoder)
@@ -219,9 +225,20 @@ class HyperLoRAModule(pl.LightningModule):
         parts["loss"] = total
         return total, parts, student
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         total, parts, _ = self.compute_losses(batch)
         b = batch["emb"].shape[0]
+        if not bool(torch.isfinite(total)):
+            what = (f"hypernetwork training step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}): "
+                    f"non-finite loss {float(total)} ({ {k: float(v) for k, v in parts.items()} }) for documents "
+                    f"{list(batch.get('doc_ids', []))}")
+            if self.hparams.get("on_nonfinite", "stop") == "stop":
+                from training.teacher import NonFiniteLossError
+
+                raise NonFiniteLossError(what + "; the last checkpoint is unchanged (on_nonfinite: skip drops "
+                                                "such batches instead)")
+            log.warning("%s; batch skipped", what)
+            return None  # Lightning then runs no backward: without gradients AdamW changes nothing
         self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, batch_size=b, prog_bar=False)
         self.log("train_loss", total.detach(), batch_size=b, prog_bar=True, logger=False)
         return total

@@ -262,9 +262,20 @@ def _load_jsonl(path: str | Path, parse: Callable[[Any], T], on_error: str,
     return out
 
 
-def load_questions(path: str | Path, on_error: str = "fail") -> Loaded[Question]:
-    """Read and validate a question JSONL; "fail" raises DataError at the first bad line, "skip" collects."""
-    return _load_jsonl(path, _parse_question, on_error)
+def load_questions(path: str | Path, on_error: str = "fail", max_chars: int | None = None) -> Loaded[Question]:
+    """Read and validate a question JSONL; "fail" raises DataError at the first bad line, "skip" collects.
+    A passage text over `max_chars` (None: no limit) makes its record bad, as an overlong corpus text does."""
+    if max_chars is None:
+        return _load_jsonl(path, _parse_question, on_error)
+
+    def parse(rec: Any) -> Question:
+        q = _parse_question(rec)
+        for i, p in enumerate(q.passages):
+            if len(p.text) > max_chars:
+                raise _Bad(f"passages[{i}].text", f"passage is {len(p.text)} characters, over max_chars={max_chars}")
+        return q
+
+    return _load_jsonl(path, parse, on_error)
 
 
 def load_corpus(path: str | Path, on_error: str = "fail", max_chars: int = 20000,

@@ -454,6 +454,29 @@ class AdapterStore:
         self._handles.clear()
         return self
 
+    def verify(self) -> AdapterStore:
+        """Read every written shard's header (no tensor data) and check it lists each tensor its index
+        promises: a damaged shard is found when the store is opened for a job, not half-way through it."""
+        by_shard: dict[Path, list[str]] = {}
+        for doc_id, entry in self._entries.items():
+            by_shard.setdefault(entry.shard, []).append(doc_id)
+        for shard, doc_ids in by_shard.items():
+            if shard in self._loaded:
+                keys = set(self._loaded[shard])
+            else:
+                try:
+                    with safe_open(str(shard), framework="pt", device="cpu") as handle:
+                        keys = set(handle.keys())
+                except Exception as err:  # safetensors raises its own error type
+                    raise StoreCorruptError(shard, f"cannot read safetensors shard ({err})") from err
+            for doc_id in doc_ids:
+                for m in self.spec.target_modules:
+                    for part in ("A", "B"):
+                        if f"{doc_id}/{m}/{part}" not in keys:
+                            raise StoreCorruptError(shard, f"tensor '{doc_id}/{m}/{part}' listed by its index "
+                                                           "is missing")
+        return self
+
     def export_peft(self, doc_id: str, out_dir: str | Path, model_or_config) -> Path:
         """Write one document's adapter as a standard PEFT folder (see hyperprag.core.peft_io)."""
         from hyperprag.core.peft_io import export_peft
