@@ -37,7 +37,8 @@ def _setup() -> None:
     hf_logging.set_verbosity_error()
 
 
-def demo(model: str = DEFAULT_MODEL, out: str = "runs/demo", train: bool = False, batch_size: int = 8) -> dict:
+def demo(model: str = DEFAULT_MODEL, out: str = "runs/demo", train: bool = False, batch_size: int = 8,
+         hypernet: str | None = None) -> dict:
     """The main job: parameterize unseen invented documents and answer their questions from the weights.
 
     Args:
@@ -45,10 +46,11 @@ def demo(model: str = DEFAULT_MODEL, out: str = "runs/demo", train: bool = False
         out: Output folder for predictions, metrics and adapters.
         train: Train teacher LoRAs and the hypernetwork here instead of loading the shipped checkpoint.
         batch_size: Questions answered together.
+        hypernet: Use this hypernetwork checkpoint folder instead of the shipped one.
     """
     from hyperprag.pipeline import run_demo
 
-    return run_demo(model=model, out=out, train=train, batch_size=batch_size)
+    return run_demo(model=model, out=out, train=train, batch_size=batch_size, hypernet=hypernet)
 
 
 def eval(  # noqa: A001 - the verb users type

@@ -63,7 +63,8 @@ def _other_document_map(doc_ids: list[str], seed: int = 0) -> dict[str, str]:
     return {a: order[(i + 1) % len(order)] for i, a in enumerate(order)}
 
 
-def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = False, batch_size: int = 8) -> dict:
+def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = False, batch_size: int = 8,
+             hypernet: str | None = None) -> dict:
     """Run the main job and print its table; writes predictions, metrics.json and table.md under `out`."""
     from inference.answer import Answerer
     from inference.evaluate import evaluate, format_table
@@ -81,7 +82,7 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = 
     general = list(load_questions(d / "general.jsonl"))
     all_docs = list(train_docs) + list(unseen_docs)
 
-    ckpt = None if train else shipped_checkpoint(model)
+    ckpt = Path(hypernet) if hypernet else None if train else shipped_checkpoint(model)
     if ckpt is None:
         stage(2, f"training teacher LoRAs and the hypernetwork for {model} (no shipped checkpoint or --train)")
         ckpt = train_demo_hypernet(model, out_dir)

@@ -1,0 +1,334 @@
+"""The ablation grid's configuration: typed dataclasses read from one YAML file (configs/ablation/*.yaml).
+
+Every field has a one-line doc (the string under it). Loading checks names and types and names the file
+and the field of anything wrong, e.g. ``configs/ablation/small.yaml: datasets[1].limit: expected int``.
+Relative paths are resolved against the current directory, falling back to the repository root, so
+``../shared/data/...`` works from the repository root and from anywhere else.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+METHODS = ("vanilla", "rag", "prag", "prag-combine", "hyper", "hyper-combine")
+TEACHER_METHODS = ("prag", "prag-combine")
+HYPER_METHODS = ("hyper", "hyper-combine")
+RETRIEVERS = ("gold", "bm25", "dense")
+GOLD = ("supporting", "all")
+
+
+class ConfigError(ValueError):
+    """A bad ablation config; the message names the file and the field."""
+
+
+@dataclass
+class DatasetConfig:
+    """One evaluation dataset, and the questions whose gold passages are its hypernetwork training pool."""
+
+    name: str
+    """Label used in cell ids, tables and plots (and in a variant's `train_on`)."""
+    questions: str
+    """Question JSONL to evaluate (the schema of ../shared/data/README.md)."""
+    corpus: str | None = None
+    """Corpus JSONL to retrieve from; None = pool the passages of every question of `questions`."""
+    offset: int = 0
+    """Evaluate the questions of `questions` from this index on."""
+    limit: int | None = None
+    """Evaluate at most this many questions (None = to the end)."""
+    train_questions: str | None = None
+    """Question JSONL whose gold passages are the training pool; None = `questions` itself (split by index)."""
+    train_offset: int = 0
+    """The training pool starts at this question index of `train_questions`."""
+    train_limit: int | None = None
+    """Training-pool questions (None = to the end); must not overlap the evaluated range of the same file."""
+    gold: str = "supporting"
+    """A question's gold documents: its `supporting` passages (all of them if none is marked) or `all`."""
+
+    def __post_init__(self) -> None:
+        if self.gold not in GOLD:
+            raise ValueError(f"gold must be one of {GOLD}, got {self.gold!r}")
+        for name in ("offset", "train_offset"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("limit", "train_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+
+@dataclass
+class VariantConfig:
+    """One hypernetwork to train and evaluate; every field overrides the shared hypernetwork settings."""
+
+    name: str
+    """Label used in cell ids, tables and plots."""
+    train_on: list[str] | None = None
+    """Datasets (names) whose training pools it learns from; None = all. Other datasets are out of domain."""
+    train_docs: int | list[int] = 16
+    """Teacher documents per training dataset (the first N of its pool); a list makes one variant per size."""
+    hypernet: dict = field(default_factory=dict)
+    """HyperNetConfig fields (hypernet/config.py), e.g. {arch: dyprag} or {hidden: 128}."""
+    encoder: dict = field(default_factory=dict)
+    """EncoderSpec fields: {kind: sentence} (MiniLM) or {kind: llm, pooling: last}."""
+    loss_weights: dict = field(default_factory=dict)
+    """LossWeights fields: {param, kl, lm}."""
+    param_loss: str | None = None
+    """Parameter loss against the teacher: coord | deltaw (None = the shared setting)."""
+    max_steps: int | None = None
+    """Optimizer steps (None = the shared setting; with it set, epochs are unbounded)."""
+    max_epochs: int | None = None
+    """Epochs over the training documents (None = the shared setting)."""
+    model: dict = field(default_factory=dict)
+    """Other HyperLoRAModule arguments (lr, warmup_steps, schedule, kl_positions, em_batches, ...)."""
+    data: dict = field(default_factory=dict)
+    """Other HyperDataModule arguments (batch_size, qa_per_doc, val_fraction, sequence_kinds, ...)."""
+    trainer: dict = field(default_factory=dict)
+    """Other Lightning Trainer arguments (check_val_every_n_epoch, gradient_clip_val, ...)."""
+
+    def __post_init__(self) -> None:
+        from hypernet.config import PARAM_LOSSES, EncoderSpec, HyperNetConfig, LossWeights
+
+        HyperNetConfig.from_dict(self.hypernet)
+        EncoderSpec.from_dict(self.encoder)
+        known = {f.name for f in fields(LossWeights)}
+        if set(self.loss_weights) - known:
+            raise ValueError(f"loss_weights: unknown fields {sorted(set(self.loss_weights) - known)}; known {sorted(known)}")
+        if self.param_loss is not None and self.param_loss not in PARAM_LOSSES:
+            raise ValueError(f"param_loss must be one of {PARAM_LOSSES}, got {self.param_loss!r}")
+        sizes = self.train_docs if isinstance(self.train_docs, list) else [self.train_docs]
+        if not sizes or any(n < 1 for n in sizes):
+            raise ValueError(f"train_docs must be >= 1 (or a non-empty list of such), got {self.train_docs!r}")
+
+
+@dataclass
+class AblationConfig:
+    """The whole grid: datasets x methods x hypernetwork variants x top-k x composition rules."""
+
+    datasets: list[DatasetConfig]
+    """Evaluation datasets with their training-pool split."""
+    model: str = "smollm2-135m"
+    """Base model: an embedded name, a local folder or a hub id."""
+    dtype: str = "float32"
+    """Base-model dtype for answering: float32 | bfloat16."""
+    device: str = "auto"
+    """Where teachers train and questions are answered: auto (cuda if available) | cpu | cuda."""
+    out: str = "runs/ablation"
+    """Results folder (`hyperprag ablate --out` overrides it)."""
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    """Answering modes: vanilla, rag, prag, prag-combine, hyper, hyper-combine."""
+    retriever: str = "gold"
+    """Where a question's documents come from: gold (its own passages), bm25 or dense (over the corpus)."""
+    top_k: list[int] = field(default_factory=lambda: [1])
+    """Documents per question; one cell per value."""
+    compositions: list[str] = field(default_factory=lambda: ["cat"])
+    """How top-k adapters combine (cat, sum, mean, cat-mean); only cells with top_k > 1 vary it."""
+    teacher: str | dict | None = None
+    """TeacherConfig: a configs/teacher YAML path or an inline mapping; None = the defaults for the model."""
+    augment: str = "rules"
+    """Augmentation of teacher documents: rules | llm | rules+llm."""
+    hypernet_config: str | None = None
+    """A configs/hypernet YAML whose model/data/trainer sections every variant starts from."""
+    hypernet_defaults: dict = field(default_factory=dict)
+    """model/data/trainer/checkpoint sections applied to every variant after `hypernet_config`."""
+    variants: list[VariantConfig] = field(default_factory=list)
+    """Hypernetwork variants (needed by the hyper methods)."""
+    specificity: bool = True
+    """Closed-book check: own document's adapter vs another's vs none, for the teacher and each variant."""
+    batch_size: int = 8
+    """Questions answered together (not part of a cell's identity)."""
+    max_new_tokens: int = 20
+    """Greedy tokens generated per answer."""
+    answer_loss: bool = True
+    """Also compute each cell's mean gold-answer loss (answer_nll)."""
+    parameterize_batch_size: int = 32
+    """Documents per hypernetwork forward when generating adapters."""
+
+    def __post_init__(self) -> None:
+        from hyperprag.core.compose import RULES
+
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"methods: unknown {bad}; choose from {METHODS}")
+        if self.retriever not in RETRIEVERS:
+            raise ValueError(f"retriever must be one of {RETRIEVERS}, got {self.retriever!r}")
+        if not self.top_k or any(k < 1 for k in self.top_k):
+            raise ValueError(f"top_k must be a non-empty list of values >= 1, got {self.top_k}")
+        bad = [c for c in self.compositions if c not in RULES]
+        if bad or not self.compositions:
+            raise ValueError(f"compositions: unknown {bad}; choose from {RULES}")
+        names = [d.name for d in self.datasets]
+        if not names:
+            raise ValueError("datasets: at least one is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"datasets: names must be unique, got {names}")
+        vnames = [v.name for v in self.variants]
+        if len(set(vnames)) != len(vnames):
+            raise ValueError(f"variants: names must be unique, got {vnames}")
+        for v in self.variants:
+            unknown = sorted(set(v.train_on or []) - set(names))
+            if unknown:
+                raise ValueError(f"variant {v.name!r}: train_on names unknown datasets {unknown} (have {names})")
+        if any(m in HYPER_METHODS for m in self.methods) and not self.variants:
+            raise ValueError("methods hyper/hyper-combine need at least one entry in `variants`")
+
+    def teacher_config(self):
+        """The resolved TeacherConfig."""
+        from training.teacher import TeacherConfig
+
+        if self.teacher is None:
+            return TeacherConfig.for_model(self.model)
+        if isinstance(self.teacher, str):
+            return TeacherConfig.from_yaml(resolve_path(self.teacher))
+        return TeacherConfig.from_dict(dict(self.teacher))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Variant:
+    """A variant with one training size (a `train_docs` list expands into several)."""
+
+    name: str
+    """Unique name, `<group>-n<size>` when the group has several sizes."""
+    group: str
+    """The configured variant's name (learning curves join its sizes)."""
+    size: int
+    """Teacher documents per training dataset."""
+    config: VariantConfig
+    """The configured variant (train_docs replaced by `size`)."""
+
+
+def expand_variants(variants: list[VariantConfig]) -> list[Variant]:
+    """One Variant per (variant, training size)."""
+    out = []
+    for v in variants:
+        sizes = v.train_docs if isinstance(v.train_docs, list) else [v.train_docs]
+        for n in sizes:
+            name = f"{v.name}-n{n}" if isinstance(v.train_docs, list) and len(sizes) > 1 else v.name
+            out.append(Variant(name, v.name, int(n), VariantConfig(**{**asdict(v), "train_docs": int(n)})))
+    return out
+
+
+# ---- paths, hashing, slugs ------------------------------------------------------------------------------
+
+def resolve_path(path: str | Path) -> Path:
+    """An absolute path: as given if absolute or present from here, else under the repository root."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p.resolve()
+    repo = REPO_ROOT / p
+    return repo.resolve() if repo.exists() else p.resolve()
+
+
+def stable_hash(obj, n: int = 10) -> str:
+    """A short hex digest of a JSON-able object (key order does not matter)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def slug(text: str) -> str:
+    """File-name-safe text."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "x"
+
+
+# ---- loading -----------------------------------------------------------------------------------------------
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value, tp, where: str):
+    """`value` checked (and nested dataclasses built) against the annotation `tp`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for alt in typing.get_args(tp):
+            try:
+                return _convert(value, alt, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in typing.get_args(tp))}, "
+                          f"got {type(value).__name__} {value!r:.80}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r:.80}")
+        (item,) = typing.get_args(tp) or (typing.Any,)
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r:.80}")
+        return copy.deepcopy(value)
+    if is_dataclass(tp):
+        return build(tp, value, where)
+    if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML reads 3e-4 as a string
+        except ValueError:
+            pass
+    if tp in (int, str, bool, float) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    if tp is typing.Any:
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r:.80}")
+
+
+def build(cls, data, where: str):
+    """A `cls` dataclass from a mapping, every field checked; errors name `where` and the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; {cls.__name__} has {sorted(known)}")
+    kwargs = {}
+    for name, f in known.items():
+        sub = f"{where}.{name}" if where and not where.endswith(":") else f"{where} {name}"
+        if name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(f"{sub}: required field missing")
+            continue
+        kwargs[name] = _convert(data[name], hints[name], sub)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{where} {err}" if where.endswith(":") else f"{where}: {err}") from err
+
+
+def _label(item: dict, i: int) -> str:
+    return f"[{i}]" + (f" ({item['name']})" if isinstance(item, dict) and "name" in item else "")
+
+
+def load_config(path: str | Path) -> AblationConfig:
+    """Read and check an ablation YAML file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: ablation config not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of AblationConfig fields")
+    for key, cls in (("datasets", DatasetConfig), ("variants", VariantConfig)):  # name list items in errors
+        items = data.get(key)
+        if isinstance(items, list):
+            for i, item in enumerate(items):
+                if isinstance(item, dict):
+                    _ = build(cls, item, f"{path}: {key}{_label(item, i)}")
+    return build(AblationConfig, data, f"{path}:")
