@@ -34,6 +34,7 @@ def _setup() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     hf_logging.set_verbosity_error()
 
 

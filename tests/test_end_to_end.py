@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from hyperprag.core.data import Document, Passage, Question
+from hyperprag.core.data import Document
 from hyperprag.core.lora import LoraSpec, init_lora, target_shapes
 from hyperprag.core.models import EMBEDDED, ModelLoadError, load_base_model
 from hyperprag.core.prompts import answer_completion, answer_prompt
