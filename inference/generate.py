@@ -2,7 +2,10 @@
 
 A batch mixes prompts with different adapters (or none): their matrices are stacked, zero-padded to one
 rank, and applied per example through forward hooks inside a single `model.generate` loop. A batch that
-shares one adapter takes the merged-weights path instead, which costs nothing per token.
+shares one adapter goes through the same hooks, or is merged into the weights when that is cheaper:
+merging costs a fixed rewrite of every target weight (on a 2-core CPU 0.15-0.45 s for SmolLM2-135M, and
+~300 MB of fresh memory), then nothing per token; hooks cost ~6 ms per forward call there, so merging
+pays off only past ~50 decode steps (benchmarks/serving.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from torch import Tensor
 from hyperprag.core.lora import LoraSpec, LoraWeights, apply_lora, merged_lora
 
 AdapterArg = LoraWeights | Sequence[LoraWeights | None] | None
+MERGE_MIN_FORWARDS = 64
+"""On CPU a shared adapter is merged only when at least this many forward calls will use it."""
 
 
 def _zeros_like_adapter(ref: LoraWeights) -> LoraWeights:
@@ -33,8 +38,20 @@ def batch_adapters(adapters: Sequence[LoraWeights | None]) -> LoraWeights | None
     return LoraWeights.stack([a if a is not None else zero for a in adapters])
 
 
-def _adapter_context(model, spec: LoraSpec, weights: LoraWeights | None):
-    if weights is None or not weights.batched:
+def use_merged(model, weights: LoraWeights | None, forwards: int, merge: bool | None = None) -> bool:
+    """Whether a shared adapter should be merged into the weights (`merge` None = decide by cost)."""
+    if weights is None or weights.batched:
+        return False
+    if merge is not None:
+        return merge
+    # Off the CPU a merge is one fast kernel per module; on the CPU it allocates and writes every target
+    # weight, which pays off only over many decode steps.
+    return next(model.parameters()).device.type != "cpu" or forwards >= MERGE_MIN_FORWARDS
+
+
+def _adapter_context(model, spec: LoraSpec, weights: LoraWeights | None, forwards: int = 1,
+                     merge: bool | None = None):
+    if use_merged(model, weights, forwards, merge):
         return merged_lora(model, spec, weights)
     return apply_lora(model, spec, weights)
 
@@ -57,8 +74,11 @@ def _slice(adapters: AdapterArg, start: int, end: int) -> LoraWeights | None:
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: Sequence[str], adapters: AdapterArg = None, spec: LoraSpec | None = None,
-             max_new_tokens: int = 20, batch_size: int = 8) -> list[str]:
-    """Greedy continuations of `prompts` (left-padded batches), with a shared or per-prompt adapter."""
+             max_new_tokens: int = 20, batch_size: int = 8, merge: bool | None = None) -> list[str]:
+    """Greedy continuations of `prompts` (left-padded batches), with a shared or per-prompt adapter.
+
+    `merge`: True merges a batch's shared adapter into the weights, False uses hooks, None decides by cost.
+    """
     _check_adapters(prompts, adapters, spec)
     outputs: list[str] = []
     device = next(model.parameters()).device
@@ -66,7 +86,7 @@ def generate(model, tokenizer, prompts: Sequence[str], adapters: AdapterArg = No
         chunk = list(prompts[start:start + batch_size])
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         weights = _slice(adapters, start, start + len(chunk))
-        with _adapter_context(model, spec, weights):
+        with _adapter_context(model, spec, weights, max_new_tokens, merge):
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                  pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
         new_tokens = out[:, enc["input_ids"].shape[1]:]

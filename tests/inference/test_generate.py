@@ -53,7 +53,7 @@ def test_per_prompt_adapters_match_peft_one_by_one(model, tiny_tokenizer, tmp_pa
 def test_shared_adapter_merged_path_equals_hooks(tiny_llama, tiny_tokenizer):
     prompts = [answer_prompt(tiny_tokenizer, q) for q in PROMPTS]
     adapter = random_adapter(tiny_llama, 7)
-    shared = generate(tiny_llama, tiny_tokenizer, prompts, adapter, SPEC, max_new_tokens=8)
+    shared = generate(tiny_llama, tiny_tokenizer, prompts, adapter, SPEC, max_new_tokens=8, merge=True)
     per_prompt = generate(tiny_llama, tiny_tokenizer, prompts, [adapter, adapter, None, adapter], SPEC,
                           max_new_tokens=8)
     assert batch_adapters([adapter, adapter, None, adapter]).batched  # the mixed batch goes through hooks
