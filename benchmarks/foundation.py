@@ -56,7 +56,7 @@ def main() -> None:
                      f"{built:.2f} s / {len(queries) / (time.perf_counter() - start):.0f} queries/s"))
     rows.append(("peak RSS", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"))
     width = max(len(r[0]) for r in rows)
-    print(f"| {'what ({})'.format(args.model):<{width}} | value |\n|{'-' * (width + 2)}|---|")
+    print(f"| {f'what ({args.model})':<{width}} | value |\n|{'-' * (width + 2)}|---|")
     for name, value in rows:
         print(f"| {name:<{width}} | {value} |")
 

@@ -613,10 +613,8 @@ def test_unknown_model_name_lists_the_embedded_ones_without_network():
     from hyperprag.core.models import ModelLoadError, load_base_model
 
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    start = time.perf_counter()
     with pytest.raises(ModelLoadError) as err:
         load_base_model("no-such-model")
-    assert time.perf_counter() - start < 30
     assert "'no-such-model'" in str(err.value)
     assert "smollm2-135m" in str(err.value) and "gemma3-270m" in str(err.value)
 

@@ -9,6 +9,9 @@ the target, so an adapter learns the format it is asked in. Kinds:
 - ``qa_closed``   QA with no passage (closed book: what the adapter must answer on its own)
 - ``lm_passage``  the document's raw text as a plain language-modelling sequence
 - ``lm_rewrite``  each rewrite as a plain language-modelling sequence
+- ``anchor``      (added with ``anchors=n``) n general questions answered with the base model's own
+                  greedy answer (self-distillation): they tell the adapter to leave questions that are not
+                  about its document alone, which keeps general answers intact
 
 Truncation policy (``max_length`` tokens): the question, pre-fill and answer are never cut; a QA sequence
 that is too long has the tail of its in-context passage dropped until it fits; LM sequences are split into
@@ -28,6 +31,18 @@ from hyperprag.core.data import Document
 from hyperprag.core.prompts import answer_completion, answer_prompt
 
 QA_KINDS = ("qa_passage", "qa_rewrite", "qa_closed")
+# General questions for anchor sequences; none is in hyperprag/demo/general.jsonl, and capitals, planets,
+# oceans and mountains are left out because that evaluation file asks about them.
+ANCHOR_QUESTIONS = (
+    "What is the chemical symbol for gold?", "How many continents are there?",
+    "What colour is the sky on a clear day?", "Who was the first president of the United States?",
+    "What gas do plants take in from the air?", "How many minutes are there in an hour?",
+    "Which animal is known as the king of the jungle?", "What is the square root of 81?",
+    "In which country are the pyramids of Giza?", "Who developed the theory of relativity?",
+    "How many sides does a triangle have?", "What do bees make?", "What is frozen water called?",
+    "Which organ pumps blood through the body?", "How many months are there in a year?",
+    "What is the opposite of hot?",
+)
 LM_KINDS = ("lm_passage", "lm_rewrite")
 ALL_KINDS = QA_KINDS + LM_KINDS
 ANSWER_STYLES = ("short", "full")
@@ -45,6 +60,9 @@ class SequenceOptions:
     full-sentence answer (" Paris. Paris is the capital of France."), falling back to short when absent."""
     max_qa: int | None = None
     """Use at most this many QA pairs per document (in augmentation order); None = all."""
+    max_qa_per_answer: int | None = None
+    """Keep at most this many QA pairs with the same answer (rule QA asks each fact in up to 3 forms);
+    applied before max_qa; None = all."""
     max_rewrites: int | None = None
     """Use at most this many rewrites per document; None = all."""
     answer_only: bool = True
@@ -53,6 +71,8 @@ class SequenceOptions:
     """End every QA completion with the tokenizer's EOS token, so the model learns to stop after it."""
     max_length: int = 512
     """Longest sequence in tokens; see the module doc for what is cut."""
+    anchors: int = 0
+    """Anchor sequences per document (general questions with the base model's own answers); 0 = none."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))
@@ -109,11 +129,24 @@ def _completion(qa, style: str) -> str:
     return short
 
 
-def build_texts(doc: Document, aug, options: SequenceOptions, doc_index: int = 0) -> list[TrainingText]:
-    """The training texts of one document; `aug` has `.qa` (question, answer, full_answer) and `.rewrites`."""
-    qa_pairs = list(getattr(aug, "qa", None) or [])[: options.max_qa]
+def build_texts(doc: Document, aug, options: SequenceOptions, doc_index: int = 0,
+                anchor_pool: Sequence[tuple[str, str]] = ()) -> list[TrainingText]:
+    """The training texts of one document; `aug` has `.qa` (question, answer, full_answer) and `.rewrites`.
+
+    `anchor_pool` holds (question, base model's answer) pairs; document i takes `options.anchors` of them
+    starting at i * anchors (wrapping), so different documents anchor on different questions.
+    """
+    qa_pairs = list(getattr(aug, "qa", None) or [])
+    if options.max_qa_per_answer is not None:
+        seen: dict[str, int] = {}
+        kept = []
+        for qa in qa_pairs:
+            seen[qa.answer] = seen.get(qa.answer, 0) + 1
+            if seen[qa.answer] <= options.max_qa_per_answer:
+                kept.append(qa)
+        qa_pairs = kept
+    qa_pairs = qa_pairs[: options.max_qa]
     rewrites = [r for r in (getattr(aug, "rewrites", None) or []) if r and r.strip()][: options.max_rewrites]
-    styles = []  # answer styles, deduplicated where "full" falls back to "short"
     texts: list[TrainingText] = []
     for kind in options.kinds:
         if kind == "lm_passage":
@@ -129,9 +162,14 @@ def build_texts(doc: Document, aug, options: SequenceOptions, doc_index: int = 0
             else:
                 contexts = [None]
             for qa in qa_pairs:
-                styles = list(dict.fromkeys(_completion(qa, s) for s in options.answers))
+                # one completion per answer style, deduplicated where "full" falls back to "short"
+                completions = list(dict.fromkeys(_completion(qa, s) for s in options.answers))
                 for ctx in contexts:
-                    texts.extend(TrainingText(doc_index, kind, c, qa.question, ctx) for c in styles)
+                    texts.extend(TrainingText(doc_index, kind, c, qa.question, ctx) for c in completions)
+    if options.anchors and anchor_pool:
+        for j in range(options.anchors):
+            q, a = anchor_pool[(doc_index * options.anchors + j) % len(anchor_pool)]
+            texts.append(TrainingText(doc_index, "anchor", answer_completion(a), q))
     return texts
 
 
@@ -174,12 +212,12 @@ def tokenize_text(tokenizer, text: TrainingText, options: SequenceOptions,
     return [Example(text.doc_index, text.kind, prompt + target, labels)]
 
 
-def build_examples(tokenizer, doc: Document, aug, options: SequenceOptions, doc_index: int = 0
-                   ) -> tuple[list[Example], BuildStats]:
+def build_examples(tokenizer, doc: Document, aug, options: SequenceOptions, doc_index: int = 0,
+                   anchor_pool: Sequence[tuple[str, str]] = ()) -> tuple[list[Example], BuildStats]:
     """All tokenized training examples of one document, in a fixed order, and their counts."""
     stats = BuildStats()
     examples: list[Example] = []
-    for text in build_texts(doc, aug, options, doc_index):
+    for text in build_texts(doc, aug, options, doc_index, anchor_pool):
         made = tokenize_text(tokenizer, text, options, stats)
         for ex in made:
             stats.per_kind[ex.kind] = stats.per_kind.get(ex.kind, 0) + 1

@@ -275,7 +275,6 @@ def test_ddp_two_cpu_processes(tmp_path):
     script = HERE.parents[1] / "hypernet" / "hyper_synth.py"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(HERE.parents[2])}
-    start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=120, cwd=str(HERE.parents[2]))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -288,7 +287,6 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert any(not torch.equal(w0[k], init[k]) for k in params)  # it trained
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
-    assert time.perf_counter() - start < 60
 
 
 def small_module_state() -> dict:
