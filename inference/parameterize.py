@@ -22,6 +22,7 @@ from hypernet.encoders import DocumentEncoder, build_encoder, encode_documents
 from hyperprag.core.data import Document
 from hyperprag.core.lora import LoraWeights, target_shapes
 from hyperprag.core.models import model_id
+from hyperprag.core.shards import parse_shard, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,6 @@ def parameterize_corpus(hypernet: str | Path, docs: Sequence[Document], store: s
     counts and a time breakdown (encode / generate / write) with docs/s.
     """
     from hyperprag.core.store import AdapterStore
-    from training.teacher import parse_shard, shard_of
 
     index, count = parse_shard(shard)
     hyper, encoder = load_for_model(hypernet, base, tokenizer)

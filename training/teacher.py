@@ -13,7 +13,6 @@ sequential PEFT training.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 
 from hyperprag.core.data import Document
 from hyperprag.core.lora import FFN_MODULES, LoraSpec, LoraWeights, apply_lora, init_lora, target_shapes
+from hyperprag.core.shards import parse_shard, shard_of  # noqa: F401  (re-exported for callers)
 from training.sequences import (
     ANCHOR_QUESTIONS,
     IGNORE,
@@ -402,22 +402,6 @@ def train_documents(model: nn.Module, tokenizer, documents: Sequence[Document], 
         if on_group is not None:
             on_group(len(idx))
     return result  # type: ignore[return-value]
-
-
-def shard_of(doc_id: str, num_shards: int) -> int:
-    """Stable shard of a document id (same on every machine and Python run)."""
-    return int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") % num_shards
-
-
-def parse_shard(shard: str) -> tuple[int, int]:
-    """'i/N' -> (i, N), with a clear error."""
-    try:
-        i, n = (int(x) for x in shard.split("/"))
-    except ValueError:
-        raise ValueError(f"shard {shard!r} must look like 'i/N', e.g. '0/4'") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"shard {shard!r}: need 0 <= i < N")
-    return i, n
 
 
 def _augment(documents: list[Document], method: str, model, tokenizer, cache_dir: str | Path | None) -> list:
