@@ -20,6 +20,7 @@ from torch import nn
 
 from hypernet.config import EncoderSpec, HyperNetConfig
 from hypernet.model import Shapes, build_hypernet
+from hyperprag.core.io import replace_dir
 from hyperprag.core.lora import LoraSpec, LoraWeights
 
 FORMAT = "hyperprag-hypernet"
@@ -79,13 +80,7 @@ def save_hypernet(folder: str | Path, model: nn.Module, config: HyperNetConfig, 
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        old = None
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
-            os.replace(folder, old / "x")
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

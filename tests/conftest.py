@@ -86,3 +86,12 @@ def tiny_llama():
 def tiny_gemma():
     """Shared read-only tiny Gemma3; deepcopy it before anything that changes it."""
     return make_tiny_gemma()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread avoids oversubscription on a shared 2-core machine (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

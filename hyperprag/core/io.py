@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -69,3 +70,15 @@ def append_jsonl(path: str | Path, records: Iterable[dict]) -> None:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def replace_dir(tmp: str | Path, out_dir: str | Path) -> None:
+    """Move a finished `tmp` folder to `out_dir`; an existing `out_dir` is swapped out, then removed."""
+    tmp, out_dir = Path(tmp), Path(out_dir)
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+        os.replace(out_dir, old / "x")
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

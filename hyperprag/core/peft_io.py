@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from hyperprag.core.io import replace_dir
 from hyperprag.core.lora import LoraSpec, LoraWeights, find_targets
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -50,17 +51,6 @@ def target_names(model_or_config, spec: LoraSpec) -> dict[str, list[tuple[int, s
     names = {id(mod): name for name, mod in model.named_modules()}
     return {m: [(layer, names[id(mod)], mod) for layer, mod in mods]
             for m, mods in find_targets(model, spec).items()}
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move a finished `tmp` folder to `out_dir`; an existing `out_dir` is swapped out, then removed."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-        os.replace(out_dir, old / "x")
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_peft(weights: LoraWeights, spec: LoraSpec, out_dir: str | Path, model_or_config,
@@ -102,7 +92,7 @@ def export_peft(weights: LoraWeights, spec: LoraSpec, out_dir: str | Path, model
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,14 +12,7 @@ from hypernet.config import EncoderSpec, HyperNetConfig
 from hypernet.model import build_hypernet
 from hyperprag.core.lora import LoraSpec, target_shapes
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a shared 2-core machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("arch", ["hyperlora", "dyprag"])

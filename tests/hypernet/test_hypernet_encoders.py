@@ -15,14 +15,7 @@ from hypernet.encoders import (
     encoder_id,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a shared 2-core machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TEXTS = ["Mount Fennick is a dormant volcano.", "Orvel is a cheese.", "The Pellham Bridge opened in 1937 over the Skell."]

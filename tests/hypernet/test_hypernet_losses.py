@@ -17,14 +17,7 @@ from hypernet.losses import (
 from hypernet.model import build_hypernet
 from hyperprag.core.lora import LoraSpec, LoraWeights, apply_lora, init_lora, target_shapes
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a shared 2-core machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SHAPES = {"gate_proj": (3, 12, 20), "up_proj": (3, 12, 20), "down_proj": (3, 20, 12)}

@@ -13,14 +13,7 @@ from hypernet.model import DyPRAGBaseline, HyperLoRA, build_hypernet, count_para
 from hyperprag.core.lora import LoraSpec, apply_lora, target_shapes
 from hyperprag.core.peft_io import export_peft
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a shared 2-core machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(arch="hyperlora", **kw) -> HyperNetConfig:
