@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-baselines", action="store_true", help="skip no-adapter / in-context rows")
     ap.add_argument("--samples", type=int, default=0, help="print this many own-adapter generations")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--store", default=None, help="evaluate this teacher store's adapters instead of training")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", default=str(ROOT / "runs" / "injection.jsonl"))
     args = ap.parse_args(argv)
@@ -181,9 +182,19 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{leaked} evaluation questions appear verbatim among training questions")
     n_seq = statistics.mean(len(e) for e in examples)
 
-    t0 = time.perf_counter()
-    adapters = train_documents(model, tok, docs, augs, config)
-    train_s = (time.perf_counter() - t0) / len(docs)
+    if args.store:  # adapters made by `hyperprag teach` (the same config): evaluate them, train nothing
+        from hyperprag.core.store import AdapterStore
+
+        store = AdapterStore.open(args.store, expect_base_model=args.model)
+        missing = [d.id for d in docs if d.id not in store]
+        if missing:
+            raise SystemExit(f"{args.store} has no adapter for {missing}")
+        adapters = store.get_many([d.id for d in docs])
+        train_s = statistics.mean(a.meta.get("seconds", float("nan")) for a in adapters)
+    else:
+        t0 = time.perf_counter()
+        adapters = train_documents(model, tok, docs, augs, config)
+        train_s = (time.perf_counter() - t0) / len(docs)
 
     rng = random.Random(args.seed)
     other = list(range(len(docs)))
@@ -224,8 +235,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'condition':<10} {'EM':>6} {'F1':>6} {'contains':>8} {'gold loss':>9}")
     for name, r in rows.items():
         print(f"{name:<10} {r['em']:6.3f} {r['f1']:6.3f} {r['contains']:8.3f} {r['gold_loss']:9.3f}")
-    print(f"general    none EM {g_none['em']:.3f} contains {g_none['contains']:.3f} | with adapter EM "
-          f"{g_with['em']:.3f} contains {g_with['contains']:.3f}")
+    print(f"general    none EM {g_none['em']:.3f} contains {g_none['contains']:.3f} gold loss "
+          f"{g_none['gold_loss']:.3f} | with adapter EM {g_with['em']:.3f} contains {g_with['contains']:.3f} "
+          f"gold loss {g_with['gold_loss']:.3f}")
     for s in rows["own"]["samples"][: args.samples]:
         print("  own:", s)
     for s0, s1 in list(zip(g_none["samples"], g_with["samples"], strict=True))[: args.samples]:
@@ -235,8 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
               "train_s_per_doc": train_s, "augment_s_per_doc": aug_s, "threads": torch.get_num_threads(),
               "final_train_loss": statistics.mean(final_losses),
               "rows": {k: {m: v for m, v in r.items() if m != "samples"} for k, r in rows.items()},
-              "general": {"none": {k: g_none[k] for k in ("em", "contains")},
-                          "with": {k: g_with[k] for k in ("em", "contains")}}}
+              "general": {"none": {k: g_none[k] for k in ("em", "contains", "gold_loss")},
+                          "with": {k: g_with[k] for k in ("em", "contains", "gold_loss")}}}
     os.makedirs(Path(args.out).parent, exist_ok=True)
     with open(args.out, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")

@@ -2,9 +2,10 @@
 """Serving costs on the embedded SmolLM2, all in one process, as ratios measured in the same run.
 
 1. Parameterization throughput: hypernetwork docs/s (encode + one forward per batch + store write, over
-   --docs synthetic or demo documents) vs per-document teacher training (configs/teacher/demo-smollm2.yaml on the
-   first --teacher-docs of the same documents, trained together as one group), with and without the
-   augmentation step (rules by default, --augment llm for LLM-written QA and rewrites).
+   --docs synthetic or demo documents) vs per-document teacher training (the model's default teacher,
+   TeacherConfig.for_model = configs/teacher/<model>.yaml, the settings measured to inject knowledge; or
+   --teacher-config YAML) on the first --teacher-docs of the same documents, trained together as one group,
+   with and without the augmentation step (rules by default, --augment llm for LLM-written QA and rewrites).
    Targets: >= 1000x including augmentation, >= 100x excluding it.
 2. Answer latency per question at batch 1 in every mode over the demo corpus (BM25 top-3, EOS disabled so
    every mode generates exactly --max-new-tokens). Targets: hyper (store) <= 1.25x vanilla and < rag;
@@ -126,7 +127,8 @@ def bench_parameterize(args, base, tok, hypernet: Path, tmp: Path) -> dict:
     t: dict = {}
     with PeakRSS() as mem_a, timer(t, "augment"):
         augs = augment_documents(teach_docs, method=args.augment, model=base, tokenizer=tok)
-    config = TeacherConfig.from_yaml(ROOT / "configs" / "teacher" / "demo-smollm2.yaml")
+    config = TeacherConfig.from_yaml(args.teacher_config) if args.teacher_config else \
+        TeacherConfig.for_model(args.model)
     with PeakRSS() as mem_t, timer(t, "train"):
         adapters = train_documents(base, tok, teach_docs, augs, config)
     n_t = len(teach_docs)
@@ -283,7 +285,8 @@ def report(args, p: dict | None, rows: dict | None, batched: dict | None) -> str
                 f"| {p['docs']} | {p['encode_bf16_s']:.2f} | {p['docs'] / p['encode_bf16_s']:.1f} | |"]
         out += [f"| {args.augment} augmentation | {p['teacher_docs']} | {p['augment_s']:.3g} | "
                 f"{p['teacher_docs'] / p['augment_s']:.4g} | {p['mem_augment']:.0f} |",
-                f"| teacher training ({p['teacher_steps']:.0f} steps/doc, K={p['teacher_docs']}) | "
+                f"| teacher training ({args.teacher_config or 'default for ' + args.model}, "
+                f"{p['teacher_steps']:.0f} steps/doc, K={p['teacher_docs']}) | "
                 f"{p['teacher_docs']} | {p['train_s']:.2f} | {p['teacher_dps']:.4g} | {p['mem_teacher']:.0f} |",
                 "", "| ratio hypernetwork / teacher | measured | target | met |", "|---|---|---|---|",
                 f"| including augmentation | {p['ratio_incl']:.0f}x | >= 1000x | {ok[p['ratio_incl'] >= 1000]} |",
@@ -334,6 +337,8 @@ def main(argv: list[str] | None = None) -> str:
                     help="teacher's augmentation (the demo config's is rules; llm generates QA with the base model)")
     ap.add_argument("--batch", type=int, default=32, help="hypernetwork batch (documents per forward)")
     ap.add_argument("--teacher-docs", type=int, default=4, help="documents trained by the teacher (one group)")
+    ap.add_argument("--teacher-config", default=None,
+                    help="teacher YAML (default: the model's defaults, TeacherConfig.for_model)")
     ap.add_argument("--questions", type=int, default=8, help="questions timed per answering mode")
     ap.add_argument("--max-new-tokens", type=int, default=20, help="as the Answerer default")
     ap.add_argument("--top-k", type=int, default=3)

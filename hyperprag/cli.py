@@ -38,8 +38,8 @@ def _setup() -> None:
     hf_logging.set_verbosity_error()
 
 
-def demo(model: str = DEFAULT_MODEL, out: str = "runs/demo", train: bool = False, batch_size: int = 8,
-         hypernet: str | None = None) -> dict:
+def demo(model: str = DEFAULT_MODEL, out: str = "runs/demo", train: bool = False, batch_size: int = 16,
+         hypernet: str | None = None, teacher: str | None = None, max_new_tokens: int = 16) -> dict:
     """The main job: parameterize unseen invented documents and answer their questions from the weights.
 
     Args:
@@ -48,10 +48,13 @@ def demo(model: str = DEFAULT_MODEL, out: str = "runs/demo", train: bool = False
         train: Train teacher LoRAs and the hypernetwork here instead of loading the shipped checkpoint.
         batch_size: Questions answered together.
         hypernet: Use this hypernetwork checkpoint folder instead of the shipped one.
+        teacher: Teacher adapter store of the unseen documents for the prag rows (default: the shipped one).
+        max_new_tokens: Generation length of every answer.
     """
     from hyperprag.pipeline import run_demo
 
-    return run_demo(model=model, out=out, train=train, batch_size=batch_size, hypernet=hypernet)
+    return run_demo(model=model, out=out, train=train, batch_size=batch_size, hypernet=hypernet, teacher=teacher,
+                    max_new_tokens=max_new_tokens)
 
 
 def eval(  # noqa: A001 - the verb users type

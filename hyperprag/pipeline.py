@@ -5,9 +5,11 @@ Stages, each announced on one line:
   2. get a hypernetwork: the checkpoint shipped for this base model, or (``--train``, or when none
      ships) train teacher LoRAs on the training documents and fit the hypernetwork on them;
   3. parameterize the unseen documents in one batched pass (docs/s);
-  4. answer the unseen documents' questions closed-book and with passages in every mode;
+  4. answer the unseen documents' questions closed-book and with passages in every mode (prag and
+     prag-combine where teacher LoRAs of the unseen documents ship: hyperprag/demo/teacher/<model>);
   5. the own-vs-other-document check: gold-answer loss and exact match with each question's own
-     document's generated adapter, another document's, and none; general questions with adapters.
+     document's adapter (generated, and the teacher's), another document's, and none; general questions
+     with adapters.
 """
 
 from __future__ import annotations
@@ -28,14 +30,27 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 STAGES = 5
 
 
+_STARTED = [time.perf_counter()]
+
+
 def stage(i: int, text: str) -> None:
-    print(f"[{i}/{STAGES}] {text}", flush=True)
+    """One progress line per stage, with the seconds since the job started."""
+    if i == 1:
+        _STARTED[0] = time.perf_counter()
+    print(f"[{i}/{STAGES}] {time.perf_counter() - _STARTED[0]:5.0f}s  {text}", flush=True)
 
 
 def shipped_checkpoint(model: str) -> Path | None:
     """The hypernetwork that ships for an embedded model (made by the command in its folder's README)."""
     folder = demo_dir() / "checkpoints" / model
     return folder if (folder / "config.json").exists() else None
+
+
+def shipped_teacher(model: str) -> Path | None:
+    """Teacher LoRAs of the unseen demo documents that ship for an embedded model (the prag rows; made by
+    the command in hyperprag/demo/README.md)."""
+    folder = demo_dir() / "teacher" / model
+    return folder if (folder / "manifest.json").exists() else None
 
 
 def train_demo_hypernet(model: str, out: Path) -> Path:
@@ -63,8 +78,8 @@ def _other_document_map(doc_ids: list[str], seed: int = 0) -> dict[str, str]:
     return {a: order[(i + 1) % len(order)] for i, a in enumerate(order)}
 
 
-def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = False, batch_size: int = 8,
-             hypernet: str | None = None) -> dict:
+def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = False, batch_size: int = 16,
+             hypernet: str | None = None, teacher: str | None = None, max_new_tokens: int = 16) -> dict:
     """Run the main job and print its table; writes predictions, metrics.json and table.md under `out`."""
     from inference.answer import Answerer
     from inference.evaluate import evaluate, format_table
@@ -89,7 +104,7 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = 
         shown = ckpt.resolve().relative_to(REPO_ROOT) if ckpt.resolve().is_relative_to(REPO_ROOT) else ckpt
         stage(2, f"using the hypernetwork {shown}")
 
-    stage(3, f"parameterizing {len(unseen_docs)} unseen documents")
+    stage(3, f"parameterizing {len(unseen_docs)} unseen documents with the hypernetwork")
     store_dir = out_dir / "hyper-store"
     stats = parameterize_corpus(ckpt, list(unseen_docs), store_dir, base, tok, batch_size=32, progress=False)
     if stats["generated"]:
@@ -98,33 +113,56 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = 
     else:
         print(f"      all {stats['documents']} adapters already in {store_dir}")
 
-    stage(4, f"answering {len(questions)} questions about the unseen documents in every mode")
     from hyperprag.core.store import AdapterStore
 
     store = AdapterStore.open(store_dir)
     store.preload()
+    teacher_dir = Path(teacher) if teacher else None if train else shipped_teacher(model)
+    teacher_store = AdapterStore.open(teacher_dir, expect_base_model=model) if teacher_dir else None
+    modes = ["vanilla", "rag", "hyper", "hyper-combine"]
+    prag_questions = []
+    if teacher_store is not None:
+        teacher_store.preload()
+        modes[2:2] = ["prag", "prag-combine"]
+        by_content = {(x.title, x.text): x.id for x in unseen_docs}
+        prag_questions = [q for q in questions if _doc_of(q, by_content) in teacher_store]
+    stage(4, f"answering {len(questions)} questions about the unseen documents in {len(modes)} modes"
+             + (f" (prag: the {len(prag_questions)} whose document has a teacher LoRA)" if prag_questions
+                else " (no teacher LoRAs for them: no prag rows)"))
     # Each question is asked with its own document (gold retrieval): the table measures what the weights
     # carry, not the retriever.
-    answerer = Answerer(base, tok, {x.id: x for x in all_docs}, hyper=store, top_k=1, batch_size=batch_size,
-                        retrieval="gold")
-    modes = ["vanilla", "rag", "hyper", "hyper-combine"]
-    metrics = evaluate(answerer, questions, modes, out_dir / "eval", batch_size=batch_size, with_nll=True,
-                       progress=False)
+    answerer = Answerer(base, tok, {x.id: x for x in all_docs}, hyper=store, teacher=teacher_store, top_k=1,
+                        batch_size=batch_size, max_new_tokens=max_new_tokens, retrieval="gold")
+    metrics = {}
+    for mode in modes:
+        asked = prag_questions if mode.startswith("prag") else questions
+        metrics.update(evaluate(answerer, asked, [mode], out_dir / "eval", batch_size=batch_size, with_nll=True,
+                                progress=False))
 
     stage(5, "own-document vs other-document adapters, and general questions")
-    known = {"none": metrics["vanilla"]["all"], "own document": metrics["hyper"]["all"]}
-    check = specificity_check(base, tok, questions, {x.id: x for x in unseen_docs}, store, batch_size,
-                              answer_nll, generate, known=known)
-    general_rows = general_check(base, tok, general, store, batch_size, generate)
+    unseen = {x.id: x for x in unseen_docs}
+    check = specificity_check(base, tok, questions, unseen, store, batch_size, answer_nll, generate,
+                              known={"none": metrics["vanilla"]["all"], "own document": metrics["hyper"]["all"]},
+                              max_new_tokens=max_new_tokens)
+    sources = {"hypernetwork": store}
+    if prag_questions:
+        sources["teacher"] = teacher_store
+        check = {f"generated: {k}" if k != "none" else k: v for k, v in check.items()}
+        taught = {k: v for k, v in unseen.items() if k in teacher_store}  # "other" is another taught document
+        teacher_check = specificity_check(base, tok, prag_questions, taught, teacher_store, batch_size, answer_nll,
+                                          generate, known={"own document": metrics["prag"]["all"]},
+                                          max_new_tokens=max_new_tokens, skip=("none",))
+        check.update({f"teacher: {k}": v for k, v in teacher_check.items()})
+    general_rows = general_check(base, tok, general, sources, batch_size, generate, max_new_tokens)
     elapsed = time.perf_counter() - started
     table = format_table(metrics)
-    spec_table = "\n".join(["| adapter | answer_nll | em | contains |", "|---|---|---|---|"] +
-                           [f"| {k} | {v['answer_nll']:.3f} | {v['em']:.3f} | {v['contains']:.3f} |"
+    spec_table = "\n".join(["| adapter | answer_nll | em | contains | n |", "|---|---|---|---|---|"] +
+                           [f"| {k} | {v['answer_nll']:.3f} | {v['em']:.3f} | {v['contains']:.3f} | {v['n']} |"
                             for k, v in check.items()])
     gen_table = "\n".join(["| general questions | contains |", "|---|---|"] +
                           [f"| {k} | {v:.3f} |" for k, v in general_rows.items()])
     report = (f"## Unseen demo documents ({len(unseen_docs)} documents, {len(questions)} questions, {model})\n\n"
-              f"{table}\n\n### Own vs other document's generated adapter (closed-book)\n\n{spec_table}\n\n"
+              f"{table}\n\n### Own vs another document's adapter (closed-book)\n\n{spec_table}\n\n"
               f"{gen_table}\n\nparameterization: {stats['docs_per_s'] or 0:.1f} docs/s; total {elapsed:.0f}s\n")
     print("\n" + report)
     result = {"model": model, "metrics": metrics, "specificity": check, "general": general_rows,
@@ -140,11 +178,12 @@ def _doc_of(question: Question, by_content: dict[tuple[str, str], str]) -> str:
 
 
 def specificity_check(base, tok, questions, docs, store, batch_size, answer_nll, generate,
-                      known: dict[str, dict] | None = None) -> dict[str, dict]:
+                      known: dict[str, dict] | None = None, max_new_tokens: int = 16,
+                      skip: tuple[str, ...] = ()) -> dict[str, dict]:
     """Closed-book gold-answer loss / EM with own, another and no document adapter.
 
-    `known` rows ("none", "own document") already measured elsewhere (with answer_nll, em, contains) are
-    taken as given instead of being recomputed.
+    `known` rows ("none", "own document") already measured elsewhere (with answer_nll, em, contains, n)
+    are taken as given instead of being recomputed; rows named in `skip` are left out.
     """
     from hyperprag.core.metrics import extract_answer
 
@@ -153,32 +192,36 @@ def specificity_check(base, tok, questions, docs, store, batch_size, answer_nll,
     other = _other_document_map(list(docs))
     prompts = [answer_prompt(tok, q.question) for q in questions]
     completions = [answer_completion(q.answers[0]) for q in questions]
-    rows = {k: {m: v[m] for m in ("answer_nll", "em", "contains")} for k, v in (known or {}).items()}
+    rows = {k: {m: v[m] for m in ("answer_nll", "em", "contains", "n")} for k, v in (known or {}).items()}
     for name, ids in (("none", None), ("own document", own_ids), ("other document", [other[i] for i in own_ids])):
-        if name in rows:
+        if name in rows or name in skip:
             continue
         adapters = None if ids is None else store.get_many(ids)
         nll = answer_nll(base, tok, prompts, completions, adapters, store.spec, batch_size)
-        raw = generate(base, tok, prompts, adapters, store.spec, 20, batch_size)
+        raw = generate(base, tok, prompts, adapters, store.spec, max_new_tokens, batch_size)
         scores = [score(extract_answer(r), q) for r, q in zip(raw, questions, strict=True)]
         rows[name] = {"answer_nll": sum(nll) / len(nll), "em": sum(s["em"] for s in scores) / len(scores),
-                      "contains": sum(s["contains"] for s in scores) / len(scores)}
-    return rows
+                      "contains": sum(s["contains"] for s in scores) / len(scores), "n": len(questions)}
+    return {k: rows[k] for k in ("none", "own document", "other document") if k in rows}
 
 
-def general_check(base, tok, general, store, batch_size, generate) -> dict[str, float]:
-    """Share of general questions still answered with each unseen document's adapter applied (in turn)."""
+def general_check(base, tok, general, sources: dict, batch_size, generate, max_new_tokens: int = 16,
+                  per_source: int = 2) -> dict[str, float]:
+    """Share of general questions still answered with no adapter, and with each of the first `per_source`
+    document adapters of every source (a name -> adapter store mapping) applied in turn."""
     from hyperprag.core.metrics import extract_answer
 
     prompts = [answer_prompt(tok, q.question) for q in general]
 
-    def contains(adapter) -> float:
-        raw = generate(base, tok, prompts, adapter, store.spec, 20, batch_size)
+    def contains(adapter, spec) -> float:
+        raw = generate(base, tok, prompts, adapter, spec, max_new_tokens, batch_size)
         return sum(score(extract_answer(r), q)["contains"] for r, q in zip(raw, general, strict=True)) / len(general)
 
-    ids = sorted(store.ids())[:2]
-    rows = {"no adapter": contains(None)}
-    rows[f"with a document adapter (mean of {len(ids)})"] = sum(contains(store.get(i)) for i in ids) / len(ids)
+    rows = {"no adapter": contains(None, None)}
+    for name, store in sources.items():
+        ids = sorted(store.ids())[:per_source]
+        rows[f"with a {name} document adapter (mean of {len(ids)})"] = \
+            sum(contains(store.get(i), store.spec) for i in ids) / len(ids)
     return rows
 
 

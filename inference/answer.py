@@ -89,6 +89,11 @@ class Answerer:
         hits = self.retriever.search([q.question for q in questions], self.top_k)
         return [[doc_id for doc_id, _ in h] for h in hits]
 
+    def supporting(self, question: Question) -> list[str]:
+        """Corpus ids of the question's supporting passages that the corpus holds (the gold set of recall@k)."""
+        ids = [self._by_content.get((p.title, p.text)) for p in question.passages if p.supporting]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
     def _source(self, mode: str) -> AdapterSource:
         source = self.teacher if ADAPTER_SOURCE[mode] == "teacher" else self.hyper
         if source is None:

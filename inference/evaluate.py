@@ -19,6 +19,7 @@ from hyperprag.core.data import Question
 from hyperprag.core.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_records
 from hyperprag.core.metrics import score
 from inference.answer import Answerer
+from inference.retrieval import recall_at_k
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,9 @@ def aggregate(records: list[dict], questions: dict[str, Question]) -> dict:
 
 
 def format_table(metrics: dict[str, dict], group: str = "all") -> str:
-    """A markdown table with one row per mode for `group` (e.g. "all" or a dataset name)."""
-    cols = ["em", "f1", "acc", "contains", "answer_nll", "seconds_per_question", "prompt_tokens", "n"]
+    """A markdown table with one row per mode for `group` (e.g. "all" or a dataset name); `recall` is the
+    fraction of the question's supporting passages among the documents the mode retrieved (recall@top_k)."""
+    cols = ["em", "f1", "acc", "contains", "recall", "answer_nll", "seconds_per_question", "prompt_tokens", "n"]
     present = [c for c in cols if any(c in m.get(group, {}) for m in metrics.values())]
     lines = ["| mode | " + " | ".join(present) + " |", "|---" * (len(present) + 1) + "|"]
     for mode, m in metrics.items():
@@ -88,6 +90,9 @@ def evaluate(answerer: Answerer, questions: Sequence[Question], modes: Sequence[
             for p in preds:
                 rec = asdict(p)
                 rec["scores"] = score(p.prediction, by_id[p.id])
+                gold_docs = answerer.supporting(by_id[p.id])
+                if p.doc_ids and gold_docs:  # retrieval quality of the documents this mode used
+                    rec["scores"]["recall"] = recall_at_k(p.doc_ids, gold_docs)
                 rec["gold"] = by_id[p.id].answers
                 recs.append(rec)
             append_jsonl(path, recs)

@@ -11,7 +11,9 @@ the target, so an adapter learns the format it is asked in. Kinds:
 - ``lm_rewrite``  each rewrite as a plain language-modelling sequence
 - ``anchor``      (added with ``anchors=n``) n general questions answered with the base model's own
                   greedy answer (self-distillation): they tell the adapter to leave questions that are not
-                  about its document alone, which keeps general answers intact
+                  about its document alone, which keeps general answers intact. With
+                  ``anchor_loss="kl"`` every token of the anchor sequence is a target and the teacher
+                  matches the base model's full next-token distribution there (training/teacher.py)
 
 Truncation policy (``max_length`` tokens): the question, pre-fill and answer are never cut; a QA sequence
 that is too long has the tail of its in-context passage dropped until it fits; LM sequences are split into
@@ -32,7 +34,8 @@ from hyperprag.core.prompts import answer_completion, answer_prompt
 
 QA_KINDS = ("qa_passage", "qa_rewrite", "qa_closed")
 # General questions for anchor sequences; none is in hyperprag/demo/general.jsonl, and capitals, planets,
-# oceans and mountains are left out because that evaluation file asks about them.
+# oceans, mountains, Shakespeare and the languages of countries are left out because that evaluation file
+# asks about them (the check measures whether anchoring generalizes to unseen general questions).
 ANCHOR_QUESTIONS = (
     "What is the chemical symbol for gold?", "How many continents are there?",
     "What colour is the sky on a clear day?", "Who was the first president of the United States?",
@@ -42,10 +45,26 @@ ANCHOR_QUESTIONS = (
     "How many sides does a triangle have?", "What do bees make?", "What is frozen water called?",
     "Which organ pumps blood through the body?", "How many months are there in a year?",
     "What is the opposite of hot?",
+    "What is the boiling point of water in degrees Celsius?", "What is the largest animal on land?",
+    "What is the fastest land animal?", "Which bird is a symbol of peace?",
+    "What is the main ingredient of guacamole?", "What colour are ripe bananas?",
+    "What instrument has 88 keys?", "Who invented the telephone?", "Who discovered penicillin?",
+    "What is two plus two?", "What is ten times ten?", "Which metal is liquid at room temperature?",
+    "What do caterpillars turn into?", "What is the hardest natural substance?",
+    "What is the longest river in Africa?", "Which country has a maple leaf on its flag?",
+    "What is the currency of the United Kingdom?", "Who wrote the Harry Potter books?",
+    "What do you call a baby cat?", "What is the largest hot desert in the world?",
+    "Which sport is played with a bat, a ball and wickets?", "What shape has eight sides?",
+    "How many strings does a violin have?", "Which animal gives us wool?", "What fruit is wine made from?",
+    "Who was the first person to walk on the Moon?", "How many weeks are there in a year?",
+    "What does a thermometer measure?", "Which organs do we breathe with?", "What is the largest country by area?",
+    "On which continent is Egypt?", "What is the tallest animal?", "What colour is chlorophyll?",
+    "What do pandas mainly eat?", "Who painted The Starry Night?", "What is the chemical formula of table salt?",
 )
 LM_KINDS = ("lm_passage", "lm_rewrite")
 ALL_KINDS = QA_KINDS + LM_KINDS
 ANSWER_STYLES = ("short", "full")
+ANCHOR_LOSSES = ("ce", "kl")
 IGNORE = -100  # label of a position that carries no loss (torch cross_entropy's ignore_index)
 
 
@@ -73,6 +92,9 @@ class SequenceOptions:
     """Longest sequence in tokens; see the module doc for what is cut."""
     anchors: int = 0
     """Anchor sequences per document (general questions with the base model's own answers); 0 = none."""
+    anchor_loss: str = "ce"
+    """ce: anchors train on the base model's greedy answer tokens; kl: every position of the anchor
+    sequence (prompt included) is a target, matched to the base model's whole next-token distribution."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))
@@ -83,6 +105,8 @@ class SequenceOptions:
         bad = [a for a in self.answers if a not in ANSWER_STYLES]
         if bad or not self.answers:
             raise ValueError(f"answer styles {bad or '()'} invalid; choose from {ANSWER_STYLES}")
+        if self.anchor_loss not in ANCHOR_LOSSES:
+            raise ValueError(f"anchor_loss {self.anchor_loss!r} invalid; choose from {ANCHOR_LOSSES}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
 
@@ -208,7 +232,8 @@ def tokenize_text(tokenizer, text: TrainingText, options: SequenceOptions,
     if len(prompt) + len(target) > L:
         stats.dropped += 1
         return []
-    labels = ([IGNORE] * len(prompt) if options.answer_only else list(prompt)) + target
+    whole = not options.answer_only or (text.kind == "anchor" and options.anchor_loss == "kl")
+    labels = (list(prompt) if whole else [IGNORE] * len(prompt)) + target
     return [Example(text.doc_index, text.kind, prompt + target, labels)]
 
 

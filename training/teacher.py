@@ -96,6 +96,12 @@ class TeacherConfig:
     anchors: int = 0
     """Per document, this many general questions answered with the base model's own greedy answer
     (self-distillation) are trained too, so the adapter leaves unrelated questions alone; 0 = off."""
+    anchor_loss: str = "ce"
+    """How anchors are trained: ce = cross-entropy on the base model's greedy answer, averaged with the
+    document's own tokens; kl = KL(base || adapted) at every anchor position, averaged on its own and
+    added with weight `anchor_weight` (a soft, denser constraint: the whole distribution, prompt included)."""
+    anchor_weight: float = 1.0
+    """Weight of the anchor KL term (anchor_loss = kl)."""
     dtype: str = "float32"
     """Base-model dtype for training (float32 | bfloat16); the LoRA weights stay float32."""
     seed: int = 0
@@ -107,7 +113,7 @@ class TeacherConfig:
     update for that step, logged and counted in its `skipped_steps`)."""
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "lr", "weight_decay", "warmup_ratio"):  # YAML reads "3e-4" as a string
+        for name in ("alpha", "lr", "weight_decay", "warmup_ratio", "anchor_weight"):  # YAML reads "3e-4" as a string
             setattr(self, name, float(getattr(self, name)))
         if self.grad_clip is not None:
             self.grad_clip = float(self.grad_clip)
@@ -134,7 +140,7 @@ class TeacherConfig:
         return SequenceOptions(kinds=self.kinds, answers=self.answers, max_qa=self.max_qa,
                                max_qa_per_answer=self.max_qa_per_answer,
                                max_rewrites=self.max_rewrites, answer_only=self.answer_only,
-                               max_length=self.max_length, anchors=self.anchors)
+                               max_length=self.max_length, anchors=self.anchors, anchor_loss=self.anchor_loss)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -216,20 +222,39 @@ def _output_logits(model: nn.Module, hidden: Tensor) -> Tensor:
     return logits
 
 
-def token_losses(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Cross-entropy of every target token ([n]) and the batch row it belongs to ([n]).
-
-    Runs the decoder without an attention mask: batches are right-padded, so causal attention never lets
-    a real token see padding. The LM head runs only on target positions (answer-only loss needs a few
-    tokens per sequence instead of the full vocabulary at every position).
-    """
-    input_ids, labels = batch["input_ids"], batch["labels"]  # [b, t]
+def _target_logits(model: nn.Module, input_ids: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits at every target position ([n, V], row-major) and the batch row of each ([n])."""
     hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state  # [b, t, h]
-    shift = labels[:, 1:]  # token t+1 is predicted at position t
-    sel = shift != IGNORE  # [b, t-1]
-    logits = _output_logits(model, hidden[:, :-1][sel])  # [n, V]
-    rows = torch.arange(labels.shape[0]).unsqueeze(1).expand_as(shift)[sel]
-    return F.cross_entropy(logits, shift[sel], reduction="none"), rows
+    sel = labels[:, 1:] != IGNORE  # [b, t-1]: token t+1 is predicted at position t
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(sel)[sel]
+    return _output_logits(model, hidden[:, :-1][sel]), rows
+
+
+def token_losses(model: nn.Module, batch: dict[str, Tensor], kl_rows: Tensor | None = None,
+                 base_logprobs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Loss of every target token ([n]) and the batch row it belongs to ([n]).
+
+    Cross-entropy, except in the rows flagged by `kl_rows` ([b] bool), whose targets get
+    KL(base || model) against `base_logprobs` ([n_kl, V], those rows' target positions in row-major order,
+    from `base_target_logprobs`). Runs the decoder without an attention mask: batches are right-padded, so
+    causal attention never lets a real token see padding. The LM head runs only on target positions
+    (answer-only loss needs a few tokens per sequence instead of the full vocabulary at every position).
+    """
+    logits, rows = _target_logits(model, batch["input_ids"], batch["labels"])
+    shift = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits, shift[shift != IGNORE], reduction="none")
+    if kl_rows is not None and base_logprobs is not None:
+        on = kl_rows[rows]  # [n]
+        kl = F.kl_div(F.log_softmax(logits[on], -1), base_logprobs, log_target=True, reduction="none").sum(-1)
+        loss = loss.masked_scatter(on, kl)
+    return loss, rows
+
+
+@torch.no_grad()
+def base_target_logprobs(model: nn.Module, batch: dict[str, Tensor], rows: Tensor) -> Tensor:
+    """The base model's log-probabilities at the target positions of batch rows `rows` ([b] bool): [n_kl, V]."""
+    logits, _ = _target_logits(model, batch["input_ids"][rows], batch["labels"][rows])
+    return F.log_softmax(logits, -1)
 
 
 def train_group(model: nn.Module, examples: Sequence[Sequence[Example]], config: TeacherConfig, pad_id: int,
@@ -256,6 +281,8 @@ def train_group(model: nn.Module, examples: Sequence[Sequence[Example]], config:
     skipped: list[list[int]] = [[] for _ in range(k)]
     names = list(doc_ids) if doc_ids is not None else [f"#{d}" for d in range(k)]
     device = next(model.parameters()).device
+    kl = config.anchor_loss == "kl"
+    token_weight = torch.tensor([1.0, config.anchor_weight], device=device, dtype=dtype)
     for step in range(max(len(p) for p in plans)):
         active = [d for d in range(k) if step < len(plans[d])]
         pos = {d: i for i, d in enumerate(active)}
@@ -265,8 +292,13 @@ def train_group(model: nn.Module, examples: Sequence[Sequence[Example]], config:
         opt.zero_grad(set_to_none=True)
         # each document's own mean token loss, summed over documents; chunks of the batch accumulate the
         # same gradient (every token's loss is divided by its document's target count of the whole step)
-        counts = torch.zeros(len(active), dtype=torch.long, device=device).index_add_(
-            0, doc_pos, (batch["labels"][:, 1:] != IGNORE).sum(1).to(device)).clamp_min(1)  # [k_active]
+        # with KL anchors a document's loss is mean(own tokens) + anchor_weight * mean(anchor tokens);
+        # otherwise the mean over all its target tokens (group 0 holds every token)
+        kl_rows = torch.tensor([kl and ex.kind == "anchor" for ex in batch_ex], device=device)  # [b]
+        group = kl_rows.long()
+        counts = torch.zeros(2, len(active), dtype=torch.long, device=device).index_put_(
+            (group, doc_pos), (batch["labels"][:, 1:] != IGNORE).sum(1).to(device), accumulate=True
+        ).clamp_min(1)  # [2, k_active]
         sums = torch.zeros(len(active), device=device, dtype=dtype)
         for rows_ in _chunks(batch["input_ids"].shape[1], len(batch_ex), config.max_batch_tokens):
             sel = doc_pos[rows_]  # [c]: each sequence gathers its document's matrices
@@ -274,12 +306,15 @@ def train_group(model: nn.Module, examples: Sequence[Sequence[Example]], config:
                 {m: torch.stack([params[d]["A"][m] for d in active]).index_select(0, sel) for m in spec.target_modules},
                 {m: torch.stack([params[d]["B"][m] for d in active]).index_select(0, sel) for m in spec.target_modules})
             chunk = {n: batch[n][rows_].to(device) for n in ("input_ids", "labels")}
+            base_lp = base_target_logprobs(model, chunk, kl_rows[rows_]) if kl_rows[rows_].any() else None
             with apply_lora(model, spec, weights):
-                tok_loss, rows = token_losses(model, chunk)
-            part = torch.zeros(len(active), device=device, dtype=tok_loss.dtype).index_add(0, sel[rows], tok_loss)
-            (part / counts).sum().backward()
+                tok_loss, rows = token_losses(model, chunk, kl_rows[rows_], base_lp)
+            tok_group = group[rows_][rows]  # [n]
+            scaled = tok_loss * token_weight[tok_group] / counts[tok_group, sel[rows]]
+            part = torch.zeros(len(active), device=device, dtype=tok_loss.dtype).index_add(0, sel[rows], scaled)
+            part.sum().backward()
             sums += part.detach().to(dtype)
-        doc_loss = sums / counts  # [k_active]
+        doc_loss = sums  # [k_active]
         bad = _nonfinite(active, doc_loss.detach(), opt)
         if bad and config.on_nonfinite == "stop":
             raise NonFiniteLossError(

@@ -103,3 +103,16 @@ def test_evaluate_resumes_after_a_kill_with_equal_metrics(answerer, tmp_path):
                 assert resumed[mode][group][key] == pytest.approx(full[mode][group][key])
     assert set(full["vanilla"]) == {"all", "toy", "toy/t0", "toy/t1"}
     assert (tmp_path / "part" / "metrics.md").read_text().count("| vanilla |") == 4
+
+
+def test_evaluate_reports_recall_of_the_supporting_passages(answerer, tmp_path):
+    """Question i's supporting passage is document i % 4 and it retrieves i % 4 and i % 4 + 1: recall@2 = 1;
+    at top-1 a question whose passage is not retrieved first would score 0. Vanilla retrieves nothing."""
+    qs = questions(4)
+    qs[1].passages.append(Passage(DOCS[3].title, DOCS[3].text, True))  # q1: d1 (retrieved) and d3 (not)
+    qs[2].passages.append(Passage(DOCS[0].title, DOCS[0].text, False))  # not supporting: ignored
+    metrics = evaluate(answerer, qs, ["vanilla", "rag"], tmp_path, batch_size=4, progress=False)
+    assert "recall" not in metrics["vanilla"]["all"]
+    assert metrics["rag"]["all"]["recall"] == pytest.approx((1 + 0.5 + 1 + 1) / 4)
+    header = (tmp_path / "metrics.md").read_text().splitlines()[2]
+    assert header.startswith("| mode |") and "| recall |" in header

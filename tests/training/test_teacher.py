@@ -278,3 +278,62 @@ def test_model_yaml_matches_for_model(name):
     path = Path(__file__).resolve().parents[2] / "configs" / "teacher" / f"{name}.yaml"
     assert path.read_text().startswith("# ")  # first line: the command that runs it
     assert TeacherConfig.from_yaml(path) == TeacherConfig.for_model(name)
+
+
+def _kl_config(**kw) -> TeacherConfig:
+    return TeacherConfig(**{"kinds": ("qa_closed",), "anchors": 2, "anchor_loss": "kl", "anchor_weight": 0.7,
+                            "epochs": 2, "lr": 1e-2, "batch_size": 3, "seed": 1, **kw})
+
+
+def test_kl_anchor_targets_every_position(tiny_llama, tiny_tokenizer):
+    docs, augs = _docs()
+    per_doc = document_examples(tiny_tokenizer, docs, augs, _kl_config(), tiny_llama)
+    for ex in per_doc[0]:
+        if ex.kind == "anchor":  # the whole sequence is a target (prompt included)
+            assert ex.labels == ex.input_ids
+        else:  # the document's own QA keeps the answer-only loss
+            assert ex.num_targets < len(ex.input_ids) // 2
+
+
+def test_kl_anchor_loss_is_zero_at_the_base_model(tiny_llama, tiny_tokenizer):
+    """KL(base || base) = 0 on anchor rows, and the other rows keep their cross-entropy."""
+    from training.teacher import base_target_logprobs
+
+    docs, augs = _docs()
+    examples = document_examples(tiny_tokenizer, docs, augs, _kl_config(), tiny_llama)[0]
+    batch = collate(examples, tiny_tokenizer.pad_token_id)
+    kl_rows = torch.tensor([e.kind == "anchor" for e in examples])
+    assert kl_rows.any() and not kl_rows.all()
+    with torch.no_grad():
+        ce, rows = token_losses(tiny_llama, batch)
+        mixed, _ = token_losses(tiny_llama, batch, kl_rows, base_target_logprobs(tiny_llama, batch, kl_rows))
+    on = kl_rows[rows]
+    torch.testing.assert_close(mixed[on], torch.zeros(int(on.sum())), atol=1e-6, rtol=0)
+    torch.testing.assert_close(mixed[~on], ce[~on])
+
+
+def test_kl_anchors_batched_equals_one_document_at_a_time(tiny_llama, tiny_tokenizer):
+    """KL anchors keep the per-document exactness: K=3 in one pass equals each document trained alone."""
+    base = copy.deepcopy(tiny_llama).double()
+    docs, augs = _docs()
+    together = train_documents(base, tiny_tokenizer, docs, augs, _kl_config(docs_per_step=3))
+    alone = train_documents(base, tiny_tokenizer, docs, augs, _kl_config(docs_per_step=1))  # groups of one
+    for d in range(3):
+        assert alone[d].B["up_proj"].abs().max() > 1e-3
+        for m in ("gate_proj", "up_proj", "down_proj"):
+            torch.testing.assert_close(together[d].A[m], alone[d].A[m], atol=1e-9, rtol=0)
+            torch.testing.assert_close(together[d].B[m], alone[d].B[m], atol=1e-9, rtol=0)
+
+
+def test_kl_anchors_are_averaged_apart_from_the_documents_tokens(tiny_llama, tiny_tokenizer):
+    """Step 0 (B = 0, so every anchor KL is 0): the loss is the mean cross-entropy of the document's own
+    tokens alone; the many anchor positions do not dilute it as they would in one shared mean."""
+    docs, augs = _docs()
+    config = _kl_config(epochs=1, batch_size=16)  # one step holding every sequence
+    w = train_documents(tiny_llama, tiny_tokenizer, docs[1:2], augs[1:2], config)[0]
+    examples = document_examples(tiny_tokenizer, docs[1:2], augs[1:2], config, tiny_llama)[0]
+    own = [e for e in examples if e.kind != "anchor"]
+    with torch.no_grad():
+        ce, _ = token_losses(tiny_llama, collate(own, tiny_tokenizer.pad_token_id))
+    assert w.meta["steps"] == 1 and len(own) < len(examples)
+    assert w.meta["first_loss"] == pytest.approx(float(ce.mean()), rel=1e-5)
