@@ -204,6 +204,7 @@ def bench_answer(args, base, tok, hypernet: Path, tmp: Path) -> tuple[dict, dict
 
     def answerer(source, batch_size: int = 1) -> Answerer:
         return Answerer(base, tok, by_id, retriever=retriever, teacher=teacher, hyper=source, top_k=args.top_k,
+                        stop_at_answer=False,  # equal work: every mode generates exactly max_new_tokens
                         max_new_tokens=args.max_new_tokens, batch_size=batch_size)
 
     paths = [("vanilla", "vanilla", hyper_store), ("rag", "rag", hyper_store), ("prag (store)", "prag", hyper_store),

@@ -198,30 +198,32 @@ def specificity_check(base, tok, questions, docs, store, batch_size, answer_nll,
             continue
         adapters = None if ids is None else store.get_many(ids)
         nll = answer_nll(base, tok, prompts, completions, adapters, store.spec, batch_size)
-        raw = generate(base, tok, prompts, adapters, store.spec, max_new_tokens, batch_size)
+        raw = generate(base, tok, prompts, adapters, store.spec, max_new_tokens, batch_size, stop_at_answer=True)
         scores = [score(extract_answer(r), q) for r, q in zip(raw, questions, strict=True)]
         rows[name] = {"answer_nll": sum(nll) / len(nll), "em": sum(s["em"] for s in scores) / len(scores),
                       "contains": sum(s["contains"] for s in scores) / len(scores), "n": len(questions)}
     return {k: rows[k] for k in ("none", "own document", "other document") if k in rows}
 
 
-def general_check(base, tok, general, sources: dict, batch_size, generate, max_new_tokens: int = 16,
-                  per_source: int = 2) -> dict[str, float]:
-    """Share of general questions still answered with no adapter, and with each of the first `per_source`
-    document adapters of every source (a name -> adapter store mapping) applied in turn."""
+def general_check(base, tok, general, sources: dict, batch_size, generate, max_new_tokens: int = 16
+                  ) -> dict[str, float]:
+    """Share of general questions still answered with no adapter, and under each source's adapters (a name ->
+    adapter store mapping): general question i gets the source's i-th document adapter (cycling), so a
+    dozen questions check a dozen different adapters in one batched pass."""
     from hyperprag.core.metrics import extract_answer
 
     prompts = [answer_prompt(tok, q.question) for q in general]
 
-    def contains(adapter, spec) -> float:
-        raw = generate(base, tok, prompts, adapter, spec, max_new_tokens, batch_size)
+    def contains(adapters, spec) -> float:
+        raw = generate(base, tok, prompts, adapters, spec, max_new_tokens, batch_size, stop_at_answer=True)
         return sum(score(extract_answer(r), q)["contains"] for r, q in zip(raw, general, strict=True)) / len(general)
 
     rows = {"no adapter": contains(None, None)}
     for name, store in sources.items():
-        ids = sorted(store.ids())[:per_source]
-        rows[f"with a {name} document adapter (mean of {len(ids)})"] = \
-            sum(contains(store.get(i), store.spec) for i in ids) / len(ids)
+        ids = sorted(store.ids())
+        used = [ids[i % len(ids)] for i in range(len(general))]
+        rows[f"with {name} document adapters ({len(set(used))} different)"] = \
+            contains(store.get_many(used), store.spec)
     return rows
 
 

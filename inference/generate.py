@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from hyperprag.core.lora import LoraSpec, LoraWeights, apply_lora, merged_lora
+from hyperprag.core.metrics import answer_is_final
 
 AdapterArg = LoraWeights | Sequence[LoraWeights | None] | None
 MERGE_MIN_FORWARDS = 64
@@ -72,12 +74,26 @@ def _slice(adapters: AdapterArg, start: int, end: int) -> LoraWeights | None:
     return batch_adapters(adapters[start:end])
 
 
+class AnswerComplete(StoppingCriteria):
+    """Stops each sequence once its short answer is final (`answer_is_final` on the new text)."""
+
+    def __init__(self, tokenizer, prompt_width: int):
+        self.tokenizer, self.prompt_width = tokenizer, prompt_width
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:  # [b] bool
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        return torch.tensor([answer_is_final(t) for t in texts], device=input_ids.device)
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: Sequence[str], adapters: AdapterArg = None, spec: LoraSpec | None = None,
-             max_new_tokens: int = 20, batch_size: int = 8, merge: bool | None = None) -> list[str]:
+             max_new_tokens: int = 20, batch_size: int = 8, merge: bool | None = None,
+             stop_at_answer: bool = False) -> list[str]:
     """Greedy continuations of `prompts` (left-padded batches), with a shared or per-prompt adapter.
 
     `merge`: True merges a batch's shared adapter into the weights, False uses hooks, None decides by cost.
+    `stop_at_answer`: end each continuation as soon as `extract_answer` of it can no longer change (about
+    half the decode steps for short answers; the extracted answers are the same as without it).
     """
     _check_adapters(prompts, adapters, spec)
     outputs: list[str] = []
@@ -86,9 +102,11 @@ def generate(model, tokenizer, prompts: Sequence[str], adapters: AdapterArg = No
         chunk = list(prompts[start:start + batch_size])
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         weights = _slice(adapters, start, start + len(chunk))
+        stops = StoppingCriteriaList([AnswerComplete(tokenizer, enc["input_ids"].shape[1])] if stop_at_answer else [])
         with _adapter_context(model, spec, weights, max_new_tokens, merge):
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
+                                 stopping_criteria=stops)
         new_tokens = out[:, enc["input_ids"].shape[1]:]
         outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return outputs

@@ -84,3 +84,23 @@ def test_wrong_model_name_lists_the_embedded_models():
         load_base_model("no-such-model-anywhere")
     for name in EMBEDDED:
         assert name in str(err.value)
+
+
+def test_stopping_at_the_answer_keeps_every_answer(smollm2):
+    """SmolLM2 mostly ends its one-sentence answers with EOS anyway; the stop must never change one."""
+    from hyperprag.core.data import load_corpus, load_questions
+    from hyperprag.core.metrics import extract_answer
+    from inference.generate import generate
+
+    model, tok = smollm2
+    docs = {d.id: d for d in load_corpus(demo_dir() / "unseen" / "corpus.jsonl")}
+    qs = list(load_questions(demo_dir() / "unseen" / "questions.jsonl"))[:8]
+    prompts = [answer_prompt(tok, q.question) for q in qs[:4]]
+    prompts += [answer_prompt(tok, q.question, [(docs[f"{q.id[:-3]}"].title, docs[f"{q.id[:-3]}"].text)])
+                for q in qs[4:]]
+    full = generate(model, tok, prompts, max_new_tokens=24, batch_size=8)
+    short = generate(model, tok, prompts, max_new_tokens=24, batch_size=8, stop_at_answer=True)
+    assert [extract_answer(t) for t in short] == [extract_answer(t) for t in full]
+    n_full = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in full)
+    n_short = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in short)
+    assert n_short <= n_full

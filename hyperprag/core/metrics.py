@@ -79,6 +79,17 @@ def extract_answer(generated_text: str) -> str:
     return s
 
 
+def answer_is_final(generated_text: str) -> bool:
+    """True once more generated text cannot change `extract_answer(generated_text)`: the first line has
+    ended, or its first sentence end is followed by another character (a bare final "." could still turn
+    out to be part of "3.5"). Generation can stop there (inference/generate.py, stop_at_answer)."""
+    s = _strip_prefill(generated_text).lstrip()
+    if "\n" in s:
+        return True
+    m = _SENT_END.search(s)
+    return m is not None and m.end() < len(s)
+
+
 _LETTER_FORMS = [re.compile(p, re.IGNORECASE) for p in (
     r"^\(?([A-Z])\)?[.:)]?$",             # "B", "(B)", "B.", "B)"
     r"^\(([A-Z])\)",                       # "(B) text"

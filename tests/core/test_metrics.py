@@ -118,3 +118,33 @@ def test_score_open_and_multiple_choice():
     assert score(" B.", mc) == {"acc": 1.0}
     assert score(" sheep", mc) == {"acc": 1.0}
     assert score(" goat", mc) == {"acc": 0.0}
+
+
+def test_answer_is_final_never_fires_before_the_extracted_answer_is_fixed():
+    """Property: on random texts, wherever answer_is_final(prefix) holds, extract_answer(prefix) equals
+    extract_answer of every longer text, so stopping generation there changes no answer."""
+    import random
+
+    from hyperprag.core.metrics import answer_is_final, extract_answer
+
+    rng = random.Random(0)
+    alphabet = ["a", "b", " ", ".", "\n", ":", "3", "Dr", "J", "!", "that ", "The answer is", '"']
+    fired = 0
+    for _ in range(400):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14)))
+        final_at = next((i for i in range(1, len(text) + 1) if answer_is_final(text[:i])), None)
+        if final_at is None:
+            continue
+        fired += 1
+        for end in range(final_at, len(text) + 1):
+            assert extract_answer(text[:end]) == extract_answer(text), (text, final_at, end)
+    assert fired > 100
+
+
+@pytest.mark.parametrize(("text", "final"), [
+    (" Paris", False), (" Paris.", False), (" Paris. It", True), (" Paris\nIt", True), (" 3.5 metres", False),
+    (" Dr. Who", False), (" J. K. Rowling.", False), (" J. K. Rowling. She", True), ("", False)])
+def test_answer_is_final_examples(text, final):
+    from hyperprag.core.metrics import answer_is_final
+
+    assert answer_is_final(text) is final
