@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from hyperprag.core.fields import from_known_fields
 
 ARCHS = ("hyperlora", "dyprag")
 ENCODER_KINDS = ("sentence", "llm")
 POOLINGS = ("last", "mean")
 PARAM_LOSSES = ("coord", "deltaw")
 KL_POSITIONS = ("answer", "all")
-
-
-def _from_dict(cls, d: dict, what: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown {what} fields {unknown}; known: {sorted(known)}")
-    return cls(**d)
 
 
 @dataclass
@@ -67,7 +61,7 @@ class HyperNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> HyperNetConfig:
-        return _from_dict(cls, d, "HyperNetConfig")
+        return from_known_fields(cls, d)
 
 
 @dataclass
@@ -94,7 +88,7 @@ class EncoderSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> EncoderSpec:
-        return _from_dict(cls, d, "EncoderSpec")
+        return from_known_fields(cls, d)
 
 
 @dataclass

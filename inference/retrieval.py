@@ -18,6 +18,14 @@ FORMAT_VERSION = 1
 Hits = list[list[tuple[str, float]]]  # per query: (doc id, score), best first
 
 
+
+def _checked_query(queries: list[str], k: int, n_docs: int) -> tuple[list[str], int]:
+    """The queries as a list and k capped at the corpus size (0 when there is nothing to search)."""
+    if isinstance(queries, str):
+        raise TypeError("search takes a list of queries")
+    queries = list(queries)
+    return queries, min(int(k), n_docs) if queries else 0
+
 class RetrieverError(ValueError):
     """A retriever folder that is missing, incomplete or not ours; the message names the folder."""
 
@@ -109,11 +117,7 @@ class BM25Retriever:
 
     def search(self, queries: list[str], k: int) -> Hits:
         """Top-k ids and BM25 scores for each query (k is capped at the corpus size)."""
-        if isinstance(queries, str):
-            raise TypeError("search takes a list of queries")
-        if not queries:
-            return []
-        k = min(int(k), len(self.ids))
+        queries, k = _checked_query(queries, k, len(self.ids))
         if k < 1:
             return [[] for _ in queries]
         idx, scores = self.bm25.retrieve(self._tokenize(list(queries)), k=k, show_progress=False, n_threads=0)
@@ -181,11 +185,7 @@ class DenseRetriever:
 
     def search(self, queries: list[str], k: int) -> Hits:
         """Top-k ids and cosine similarities for each query (k is capped at the corpus size)."""
-        if isinstance(queries, str):
-            raise TypeError("search takes a list of queries")
-        if not queries:
-            return []
-        k = min(int(k), len(self.ids))
+        queries, k = _checked_query(queries, k, len(self.ids))
         if k < 1:
             return [[] for _ in queries]
         q = self._embed(list(queries))  # [n_queries, dim]

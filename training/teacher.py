@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyperprag.core.data import Document
+from hyperprag.core.fields import from_known_fields
 from hyperprag.core.lora import FFN_MODULES, LoraSpec, LoraWeights, apply_lora, init_lora, target_shapes
 from hyperprag.core.shards import parse_shard, shard_of  # noqa: F401  (re-exported for callers)
 from training.sequences import (
@@ -151,11 +152,7 @@ class TeacherConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TeacherConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TeacherConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return from_known_fields(cls, d)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TeacherConfig:
