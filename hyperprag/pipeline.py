@@ -133,11 +133,8 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = 
     # carry, not the retriever.
     answerer = Answerer(base, tok, {x.id: x for x in all_docs}, hyper=store, teacher=teacher_store, top_k=1,
                         batch_size=batch_size, max_new_tokens=max_new_tokens, retrieval="gold")
-    metrics = {}
-    for mode in modes:
-        asked = prag_questions if mode.startswith("prag") else questions
-        metrics.update(evaluate(answerer, asked, [mode], out_dir / "eval", batch_size=batch_size, with_nll=True,
-                                progress=False))
+    metrics = evaluate(answerer, questions, modes, out_dir / "eval", batch_size=batch_size, with_nll=True,
+                       progress=False, subsets={m: prag_questions for m in modes if m.startswith("prag")})
 
     stage(5, "own-document vs other-document adapters, and general questions")
     unseen = {x.id: x for x in unseen_docs}

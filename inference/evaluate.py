@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -68,20 +68,27 @@ def format_table(metrics: dict[str, dict], group: str = "all") -> str:
 
 
 def evaluate(answerer: Answerer, questions: Sequence[Question], modes: Sequence[str], out_dir: str | Path,
-             batch_size: int = 8, with_nll: bool = False, progress: bool = True) -> dict[str, dict]:
-    """Answer `questions` in every mode, appending predictions as they finish; returns metrics per mode."""
+             batch_size: int = 8, with_nll: bool = False, progress: bool = True,
+             subsets: Mapping[str, Sequence[Question]] | None = None) -> dict[str, dict]:
+    """Answer `questions` in every mode, appending predictions as they finish; returns metrics per mode.
+
+    `subsets` maps a mode to the part of `questions` it answers instead (e.g. prag only where teacher LoRAs
+    exist); metrics.json and metrics.md hold every mode of the call.
+    """
     out_dir = Path(out_dir)
     by_id = {q.id: q for q in questions}
     if len(by_id) != len(questions):
         raise ValueError("question ids must be unique")
+    subsets = subsets or {}
     all_metrics: dict[str, dict] = {}
     for mode in modes:
+        asked = subsets.get(mode, questions)
         path = out_dir / "predictions" / f"{mode}.jsonl"
         done = {r["id"] for r in read_jsonl_records(path)}
-        todo = [q for q in questions if q.id not in done]
+        todo = [q for q in asked if q.id not in done]
         if done:
             log.info("%s: %d of %d questions already answered, resuming", mode, len(done), len(questions))
-        bar = tqdm(total=len(questions), initial=len(done), desc=f"eval {mode}", disable=not progress,
+        bar = tqdm(total=len(asked), initial=len(asked) - len(todo), desc=f"eval {mode}", disable=not progress,
                    unit="q", dynamic_ncols=True)
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
@@ -98,7 +105,8 @@ def evaluate(answerer: Answerer, questions: Sequence[Question], modes: Sequence[
             append_jsonl(path, recs)
             bar.update(len(batch))
         bar.close()
-        records = [r for r in read_jsonl_records(path) if r["id"] in by_id]
+        wanted = {q.id for q in asked}
+        records = [r for r in read_jsonl_records(path) if r["id"] in wanted]
         all_metrics[mode] = aggregate(records, by_id)
     atomic_write_json(out_dir / "metrics.json", all_metrics)
     groups = sorted({g for m in all_metrics.values() for g in m}, key=lambda g: (g != "all", g))

@@ -53,6 +53,8 @@ def test_every_mode_is_answered_and_prag_only_where_a_teacher_lora_exists(demo_r
                                                              "hyper-combine": n}
     saved = json.loads((root / "out" / "result.json").read_text())
     assert saved["metrics"] == json.loads(json.dumps(metrics))
+    # the evaluation's own files hold every mode, prag with its subset
+    assert json.loads((root / "out" / "eval" / "metrics.json").read_text()) == saved["metrics"]
     table = (root / "out" / "table.md").read_text()
     assert "| prag-combine |" in table and "teacher: other document" in table
 
