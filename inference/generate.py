@@ -137,9 +137,12 @@ def answer_nll(model, tokenizer, prompts: Sequence[str], completions: Sequence[s
             attn[i, width - len(s):] = 1
             labels[i, width - len(c):] = torch.tensor(c)
         weights = _slice(adapters, start, start + len(seqs))
+        # left padding puts every completion in the last `keep` positions: the LM head runs only there
+        keep = max(len(c) for c in c_ids) + 1
         with _adapter_context(model, spec, weights):
-            logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device)).logits
-        results.extend(_mean_token_nll(logits.float(), labels.to(device)).tolist())
+            logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device),
+                           logits_to_keep=keep).logits  # [b, keep, V]
+        results.extend(_mean_token_nll(logits.float(), labels[:, -keep:].to(device)).tolist())
     return results
 
 

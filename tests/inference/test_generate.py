@@ -76,6 +76,22 @@ def test_answer_nll_batched_equals_single_and_drops_with_matching_adapter(tiny_l
     assert all(x > 0 for x in batched)
 
 
+def test_answer_nll_equals_full_logits_cross_entropy(tiny_llama, tiny_tokenizer):
+    """The LM head on the completion tail only gives the loss of the whole, unpadded sequence's logits."""
+    prompts = [answer_prompt(tiny_tokenizer, q) for q in PROMPTS]
+    completions = [" Orvantis.", " a much longer answer than the others here.", " 1893.", " Kellin River."]
+    got = answer_nll(tiny_llama, tiny_tokenizer, prompts, completions, batch_size=4)
+    expected = []
+    for p, c in zip(prompts, completions, strict=True):
+        p_ids = tiny_tokenizer(p, add_special_tokens=False)["input_ids"]
+        c_ids = tiny_tokenizer(c, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = tiny_llama(input_ids=torch.tensor([p_ids + c_ids])).logits[0]  # [t, V]
+        pred = logits[len(p_ids) - 1:-1]  # the positions that predict the completion's tokens
+        expected.append(float(torch.nn.functional.cross_entropy(pred.float(), torch.tensor(c_ids))))
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
 def test_adapter_count_must_match_prompts(tiny_llama, tiny_tokenizer):
     with pytest.raises(ValueError, match="2 prompts but 1 adapters"):
         generate(tiny_llama, tiny_tokenizer, ["a", "b"], [random_adapter(tiny_llama, 0)], SPEC)
