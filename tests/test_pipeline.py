@@ -86,3 +86,26 @@ def test_prag_loss_equals_the_teacher_lora_applied_directly(demo_run):
     nll = answer_nll(model, tok, prompts, [answer_completion(q.answers[0]) for q in qs],
                      store.get_many([q.id.rsplit("-q", 1)[0] for q in qs]), store.spec)
     assert result["metrics"]["prag"]["all"]["answer_nll"] == pytest.approx(sum(nll) / len(nll), abs=1e-5)
+
+
+def test_training_path_teaches_the_first_documents_and_exports_a_hypernetwork(tmp_path, capsys):
+    """`hyperprag demo --train` (and any model without a shipped checkpoint) on a tiny Llama: teacher LoRAs
+    for the first documents only, a Lightning fit, an exported hypernetwork that generates this model's
+    shapes; a second run keeps the teacher LoRAs it has."""
+    from hypernet.checkpoint import load_hypernet
+    from hyperprag.pipeline import train_demo_hypernet
+
+    model_dir = tmp_path / "tiny-model"
+    model = make_tiny_llama()
+    model.save_pretrained(model_dir)
+    make_tiny_tokenizer().save_pretrained(model_dir)
+    exported = train_demo_hypernet(str(model_dir), tmp_path / "out", limit=5)
+    store = AdapterStore.open(tmp_path / "out" / "teacher")
+    assert set(store.ids()) == {d.id for d in load_demo_corpus("train")[:5]}
+    loaded = load_hypernet(exported)
+    generated = loaded.generate(torch.randn(2, loaded.config.emb_dim))
+    assert {m: tuple(a.shape) for m, a in generated.A.items()} == \
+        {m: (2, layers, SPEC.rank, d_in) for m, (layers, d_in, _) in target_shapes(model, SPEC).items()}
+    assert loaded.base_model == str(model_dir) and loaded.encoder.kind == "sentence"
+    train_demo_hypernet(str(model_dir), tmp_path / "out", limit=5)
+    assert "0 documents trained" in capsys.readouterr().out.split("teacher:")[-1]
