@@ -25,6 +25,7 @@ Composition = Literal["cat", "sum", "mean", "cat-mean"]
 IndexKind = Literal["bm25", "dense"]
 AugmentMethod = Literal["rules", "llm", "rules+llm"]
 RawKind = Literal["hotpotqa", "2wiki", "popqa", "cwq"]
+Gold = Literal["supporting", "all"]
 
 
 def _setup() -> None:
@@ -280,6 +281,63 @@ def export(store: str, doc_id: str, out: str) -> str:
     return out
 
 
+def plot(run: str, out: str | None = None) -> dict:
+    """Plot a hypernetwork training run's curves to a PNG: parameter loss, held-out answer loss with own /
+    other / teacher / no adapter, closed-book EM; prints each validation metric's first and last value.
+
+    Args:
+        run: The run's metrics.csv (CSVLogger), or a folder below which the newest one is taken.
+        out: PNG to write (default: curves.png beside metrics.csv).
+    """
+    from training.curves import find_metrics_csv, plot_curves
+
+    png = out or str(find_metrics_csv(run).parent / "curves.png")
+    result = plot_curves(run, png)
+    width = max(map(len, result["summary"]), default=10)
+    for key, v in result["summary"].items():
+        print(f"{key:<{width}}  first {v['first']:.4f}  last {v['last']:.4f}  (step {v['last_step']})")
+    print(f"wrote {png}")
+    return result
+
+
+def pool(questions: list[str], out: str, docs: int | list[int] | None = None, gold: Gold = "supporting",
+         exclude: list[str] | None = None) -> dict:
+    """Write the gold passages of question files as one corpus JSONL: a training pool for `teach`.
+
+    Passages are taken in question order and deduplicated by content; ids are content hashes, so a passage
+    has one id (and one adapter) whichever file it came from.
+
+    Args:
+        questions: Question JSONL files; PATH@START:END takes the questions START..END-1 (e.g. popqa@0:400).
+        out: Corpus JSONL to write.
+        docs: Documents to take from each file: one number for every file, or one per file (default: all).
+        gold: supporting (a question's supporting passages; all if none is marked) or all its passages.
+        exclude: Question files (same PATH@START:END form) whose every passage is kept out, e.g. the
+            questions you will evaluate on.
+    """
+    from hyperprag.core.data import Document, load_questions, parse_slice, passage_documents, write_jsonl
+
+    per_file = docs if isinstance(docs, list) else [docs]
+    limits = per_file * len(questions) if len(per_file) == 1 else per_file
+    if len(limits) != len(questions):
+        raise ValueError(f"--docs has {len(per_file)} numbers for {len(questions)} question files (give 1 or one each)")
+    banned: set[str] = set()
+    for spec in exclude or []:
+        path, rng = parse_slice(spec)
+        banned |= {Document("", p.title, p.text).content_hash for q in list(load_questions(path))[rng]
+                   for p in q.passages}
+    taken: dict[str, Document] = {}
+    counts = {}
+    for spec, limit in zip(questions, limits, strict=True):
+        path, rng = parse_slice(spec)
+        picked = passage_documents(list(load_questions(path))[rng], gold, limit, exclude=banned | set(taken))
+        counts[spec] = len(picked)
+        taken.update((d.id, d) for d in picked)
+    n = write_jsonl(out, taken.values())
+    print(f"wrote {n} documents to {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return {"documents": n, "per_file": counts, "excluded_passages": len(banned)}
+
+
 def convert(kind: RawKind, path: str, out: str) -> str:
     """Convert a dataset's official raw file into the project's question JSONL.
 
@@ -333,7 +391,7 @@ def train(config: str) -> None:
 
 VERBS = {"demo": demo, "augment": augment, "teach": teach, "train": train, "parameterize": parameterize,
          "ask": ask, "eval": eval, "index": index, "inspect": inspect, "export": export, "convert": convert,
-         "ablate": ablate}
+         "pool": pool, "plot": plot, "ablate": ablate}
 
 
 def main(argv: list[str] | None = None):

@@ -17,12 +17,13 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
+from hyperprag.core.data import GOLD
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("vanilla", "rag", "prag", "prag-combine", "hyper", "hyper-combine")
 TEACHER_METHODS = ("prag", "prag-combine")
 HYPER_METHODS = ("hyper", "hyper-combine")
 RETRIEVERS = ("gold", "bm25", "dense")
-GOLD = ("supporting", "all")
 
 
 class ConfigError(ValueError):

@@ -15,7 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from hyperprag.ablation.config import ConfigError, DatasetConfig, resolve_path
-from hyperprag.core.data import Document, Question, load_corpus, load_questions, pool_corpus
+from hyperprag.core.data import (
+    Document,
+    Question,
+    gold_passages,
+    load_corpus,
+    load_questions,
+    passage_documents,
+    pool_corpus,
+)
 
 
 @dataclass
@@ -52,14 +60,6 @@ def rehash(docs) -> list[Document]:
     return list(out.values())
 
 
-def gold_passages(q: Question, gold: str):
-    """The question's gold passages: the supporting ones (all if none is marked) or all."""
-    if gold == "supporting":
-        sup = [p for p in q.passages if p.supporting]
-        return sup or list(q.passages)
-    return list(q.passages)
-
-
 def _slice(items: list, offset: int, limit: int | None) -> list:
     return items[offset:] if limit is None else items[offset:offset + limit]
 
@@ -94,7 +94,7 @@ def load_dataset(cfg: DatasetConfig) -> DatasetInputs:
                               "vs offset/limit)")
     corpus = rehash(load_corpus(cfg.corpus) if cfg.corpus else pool_corpus(all_qs))
     questions = [replace(q, passages=gold_passages(q, cfg.gold)) for q in evaluated]
-    pool = rehash(Document("", p.title, p.text) for q in train_qs for p in gold_passages(q, cfg.gold))
+    pool = passage_documents(train_qs, cfg.gold)
     seen = {Document("", p.title, p.text).content_hash for q in evaluated for p in q.passages}
     return DatasetInputs(cfg, questions, corpus, pool, seen)
 

@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from hyperprag.core.io import atomic_write_json, atomic_write_text
+from hyperprag.core.plotting import pyplot, save_png
 
 SCORES = ("em", "f1", "acc")
 
@@ -123,30 +124,9 @@ def format_tables(summary: dict) -> str:
 
 # ---- plots ---------------------------------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: Path) -> None:
-    """Render to memory, then write the PNG atomically."""
-    import io
-
-    from hyperprag.core.io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def plot_by_method(cells: list[dict], path: Path) -> Path:
     """Grouped bars: the main score of every method/variant cell, grouped by dataset."""
-    plt = _pyplot()
+    plt = pyplot()
     several_k = len({c.get("top_k") for c in cells if c.get("top_k") is not None}) > 1
     datasets = list(dict.fromkeys(c["dataset"] for c in cells))
     labels = list(dict.fromkeys(label(c, several_k) for c in cells))
@@ -165,7 +145,7 @@ def plot_by_method(cells: list[dict], path: Path) -> Path:
     ax.set_title(f"{metric.upper()} by method and dataset")
     ax.legend(fontsize=7, ncol=2 if len(labels) > 8 else 1, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    _save(plt, fig, path)
+    save_png(fig, path)
     return path
 
 
@@ -174,7 +154,7 @@ def plot_score_vs_cost(cells: list[dict], path: Path) -> Path:
 
     Methods that parameterize nothing (vanilla, rag) sit at the left edge, marked "0 s".
     """
-    plt = _pyplot()
+    plt = pyplot()
     groups: dict[str, list[dict]] = defaultdict(list)
     for c in cells:
         groups[c["method"] + (f" [{c['variant']}]" if c.get("variant") else "")].append(c)
@@ -198,7 +178,7 @@ def plot_score_vs_cost(cells: list[dict], path: Path) -> Path:
     ax.set_ylabel(f"{metric.upper()} (%), mean over datasets")
     ax.set_title(f"{metric.upper()} against offline cost")
     fig.tight_layout()
-    _save(plt, fig, path)
+    save_png(fig, path)
     return path
 
 
@@ -216,7 +196,7 @@ def plot_learning_curve(cells: list[dict], path: Path) -> Path | None:
     groups = learning_curve_groups(cells)
     if not groups:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     lines: dict[tuple, list[tuple[int, dict]]] = defaultdict(list)
     for c in cells:
@@ -242,7 +222,7 @@ def plot_learning_curve(cells: list[dict], path: Path) -> Path | None:
     ax1.set_title("learning curve")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    _save(plt, fig, path)
+    save_png(fig, path)
     return path
 
 

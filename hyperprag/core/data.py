@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -348,6 +348,51 @@ def pool_corpus(questions: Iterable[Question]) -> list[Document]:
                 seen[key] = f"p{len(docs)}"
                 docs.append(Document(id=seen[key], title=p.title, text=p.text))
     return docs
+
+
+GOLD = ("supporting", "all")
+
+
+def gold_passages(q: Question, gold: str = "supporting") -> list[Passage]:
+    """The question's gold passages: its supporting ones (all if none is marked), or all with gold="all"."""
+    if gold not in GOLD:
+        raise ValueError(f"gold must be one of {GOLD}, got {gold!r}")
+    if gold == "supporting":
+        return [p for p in q.passages if p.supporting] or list(q.passages)
+    return list(q.passages)
+
+
+def passage_documents(questions: Iterable[Question], gold: str = "supporting", limit: int | None = None,
+                      exclude: Collection[str] = ()) -> list[Document]:
+    """The questions' gold passages as documents, in question order, deduplicated by content.
+
+    Ids are content hashes (`Document.content_hash`), so a passage gets the same id (and one adapter) in
+    every file it appears in. `exclude` holds content hashes to leave out (e.g. every passage of the
+    evaluated questions); `limit` stops after that many documents.
+    """
+    out: dict[str, Document] = {}
+    for q in questions:
+        for p in gold_passages(q, gold):
+            h = Document("", p.title, p.text).content_hash
+            if h in exclude or h in out:
+                continue
+            out[h] = Document(h, p.title, p.text)
+            if limit is not None and len(out) >= limit:
+                return list(out.values())
+    return list(out.values())
+
+
+def parse_slice(spec: str) -> tuple[str, slice]:
+    """``path@START:END`` -> (path, slice(START, END)); a plain path -> (path, slice(None)). Either bound may
+    be empty (``q.jsonl@400:`` is from question 400 on)."""
+    path, sep, rng = spec.rpartition("@")
+    if not sep or ":" not in rng:
+        return spec, slice(None)
+    start, _, end = rng.partition(":")
+    try:
+        return path, slice(int(start) if start else None, int(end) if end else None)
+    except ValueError:
+        raise ValueError(f"{spec!r}: expected PATH@START:END with integer bounds") from None
 
 
 def corpus_index(docs: Iterable[Document]) -> dict[tuple[str, str], str]:

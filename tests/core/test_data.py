@@ -19,6 +19,8 @@ from hyperprag.core.data import (
     corpus_index,
     load_corpus,
     load_questions,
+    parse_slice,
+    passage_documents,
     pool_corpus,
     read_2wiki_raw,
     read_cwq_raw,
@@ -263,6 +265,33 @@ def test_pool_corpus_and_supporting_ids():
     # a separate corpus file with other ids works the same way
     corpus = load_corpus(FIXTURES / "corpus.jsonl")
     assert supporting_ids(qs[1], corpus_index(corpus)) == ["d-bridge", "d-ship"]
+
+
+def test_passage_documents_dedupes_by_content_and_respects_limit_and_exclude():
+    qs = list(load_questions(FIXTURES / "questions.jsonl"))
+    docs = passage_documents(qs)  # supporting passages only: q1's first, q2's two
+    assert [d.title for d in docs] == ["Mount Fennick", "Pellham Bridge", "SS Marigold"]
+    assert all(d.id == Document("", d.title, d.text).content_hash for d in docs)
+    assert [d.title for d in passage_documents(qs, gold="all")] == \
+        ["Mount Fennick", "Comet Ispar", "Pellham Bridge", "SS Marigold"]
+    assert passage_documents([*qs, *qs]) == docs  # a passage repeated in later questions adds nothing
+    assert passage_documents(qs, limit=2) == docs[:2]
+    assert passage_documents(qs, exclude={docs[1].id}) == [docs[0], docs[2]]
+    with pytest.raises(ValueError, match="gold must be"):
+        passage_documents(qs, gold="best")
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("a/q.jsonl", ("a/q.jsonl", slice(None))), ("a/q.jsonl@0:400", ("a/q.jsonl", slice(0, 400))),
+    ("q@400:", ("q", slice(400, None))), ("q@:5", ("q", slice(None, 5))), ("me@host/q.jsonl", ("me@host/q.jsonl", slice(None))),
+])
+def test_parse_slice(spec, expected):
+    assert parse_slice(spec) == expected
+
+
+def test_parse_slice_rejects_non_integers():
+    with pytest.raises(ValueError, match="PATH@START:END"):
+        parse_slice("q.jsonl@a:b")
 
 
 # --- raw formats ---------------------------------------------------------------------------------------
