@@ -39,7 +39,7 @@ def _setup() -> None:
     hf_logging.set_verbosity_error()
 
 
-def demo(model: str = DEFAULT_MODEL, out: str = "runs/demo", train: bool = False, batch_size: int = 16,
+def demo(model: str = DEFAULT_MODEL, out: str = "runs/demo", train: bool = False, batch_size: int = 40,
          hypernet: str | None = None, teacher: str | None = None, max_new_tokens: int = 16) -> dict:
     """The main job: parameterize unseen invented documents and answer their questions from the weights.
 

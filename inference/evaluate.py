@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -68,10 +68,12 @@ def format_table(metrics: dict[str, dict], group: str = "all") -> str:
 
 
 def evaluate(answerer: Answerer, questions: Sequence[Question], modes: Sequence[str], out_dir: str | Path,
-             batch_size: int = 8, with_nll: bool = False, progress: bool = True,
+             batch_size: int = 8, with_nll: bool | Collection[str] = False, progress: bool = True,
              subsets: Mapping[str, Sequence[Question]] | None = None) -> dict[str, dict]:
     """Answer `questions` in every mode, appending predictions as they finish; returns metrics per mode.
 
+    `with_nll` also measures the gold-answer loss: True for every mode, or the modes to measure it in (a
+    teacher-forced pass as long as the prompt, so leaving out the in-context modes saves most of its cost).
     `subsets` maps a mode to the part of `questions` it answers instead (e.g. prag only where teacher LoRAs
     exist); metrics.json and metrics.md hold every mode of the call.
     """
@@ -80,6 +82,7 @@ def evaluate(answerer: Answerer, questions: Sequence[Question], modes: Sequence[
     if len(by_id) != len(questions):
         raise ValueError("question ids must be unique")
     subsets = subsets or {}
+    nll_modes = set(modes) if with_nll is True else set(with_nll or ())
     all_metrics: dict[str, dict] = {}
     for mode in modes:
         asked = subsets.get(mode, questions)
@@ -92,7 +95,7 @@ def evaluate(answerer: Answerer, questions: Sequence[Question], modes: Sequence[
                    unit="q", dynamic_ncols=True)
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            preds = answerer.answer(batch, mode, with_nll=with_nll)
+            preds = answerer.answer(batch, mode, with_nll=mode in nll_modes)
             recs = []
             for p in preds:
                 rec = asdict(p)

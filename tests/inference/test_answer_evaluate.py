@@ -105,6 +105,17 @@ def test_evaluate_resumes_after_a_kill_with_equal_metrics(answerer, tmp_path):
     assert (tmp_path / "part" / "metrics.md").read_text().count("| vanilla |") == 4
 
 
+def test_evaluate_measures_answer_loss_only_in_the_modes_asked(answerer, tmp_path):
+    qs = questions(3)
+    every = evaluate(answerer, qs, ["vanilla", "prag"], tmp_path / "every", batch_size=3, with_nll=True,
+                     progress=False)
+    some = evaluate(answerer, qs, ["vanilla", "prag"], tmp_path / "some", batch_size=3, with_nll=["prag"],
+                    progress=False)
+    assert "answer_nll" not in some["vanilla"]["all"]
+    assert some["prag"]["all"]["answer_nll"] == pytest.approx(every["prag"]["all"]["answer_nll"], abs=1e-6)
+    assert some["vanilla"]["all"]["em"] == every["vanilla"]["all"]["em"]
+
+
 def test_evaluate_reports_recall_of_the_supporting_passages(answerer, tmp_path):
     """Question i's supporting passage is document i % 4 and it retrieves i % 4 and i % 4 + 1: recall@2 = 1;
     at top-1 a question whose passage is not retrieved first would score 0. Vanilla retrieves nothing."""
