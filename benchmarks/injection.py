@@ -90,7 +90,7 @@ def generate(model, tok, prompts: list[str], spec: LoraSpec, weights: LoraWeight
     """Greedy continuations after each prompt; `weights` batched like `prompts` or None."""
     outs = []
     for i in range(0, len(prompts), batch_size):
-        enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True)
+        enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
         w = weights.select(slice(i, i + batch_size)) if weights is not None else None
         with apply_lora(model, spec, w):
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,

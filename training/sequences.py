@@ -205,7 +205,7 @@ def tokenize_text(tokenizer, text: TrainingText, options: SequenceOptions,
                   stats: BuildStats | None = None) -> list[Example]:
     """Tokenize one text into one example (QA) or one or more windows (LM); [] if a QA text cannot fit.
 
-    The prompt is tokenized on its own (with the tokenizer's special tokens, as answering does) and the
+    The prompt is tokenized on its own (its text carries any BOS; no special tokens added, as answering does) and the
     completion after it, so the token boundary is the one generation sees at the pre-fill.
     """
     stats = stats if stats is not None else BuildStats()
@@ -218,7 +218,7 @@ def tokenize_text(tokenizer, text: TrainingText, options: SequenceOptions,
     if options.append_eos and tokenizer.eos_token_id is not None:
         target = target + [tokenizer.eos_token_id]
     passage = text.passage
-    prompt = _ids(tokenizer, answer_prompt(tokenizer, text.question, [passage] if passage else []), special=True)
+    prompt = _ids(tokenizer, answer_prompt(tokenizer, text.question, [passage] if passage else []), special=False)
     if len(prompt) + len(target) > L and passage is not None:
         stats.truncated += 1
         body = _ids(tokenizer, passage[1], special=False)
@@ -228,7 +228,7 @@ def tokenize_text(tokenizer, text: TrainingText, options: SequenceOptions,
                 break
             body = body[: max(0, len(body) - overflow - 2)]
             cut = (passage[0], tokenizer.decode(body))
-            prompt = _ids(tokenizer, answer_prompt(tokenizer, text.question, [cut]), special=True)
+            prompt = _ids(tokenizer, answer_prompt(tokenizer, text.question, [cut]), special=False)
     if len(prompt) + len(target) > L:
         stats.dropped += 1
         return []

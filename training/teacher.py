@@ -379,7 +379,8 @@ def anchor_pool(model: nn.Module, tokenizer, questions: Sequence[str] = ANCHOR_Q
     cache = getattr(model, "_hyperprag_anchor_pool", {})
     key = (tuple(questions), max_new_tokens)
     if key not in cache:
-        enc = tokenizer([answer_prompt(tokenizer, q) for q in questions], return_tensors="pt", padding=True)
+        enc = tokenizer([answer_prompt(tokenizer, q) for q in questions], return_tensors="pt", padding=True,
+                        add_special_tokens=False)
         enc = enc.to(next(model.parameters()).device)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)

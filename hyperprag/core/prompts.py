@@ -80,14 +80,29 @@ CONTEXT_QUESTION = "Regarding {title}, {question}"
 def chat_prompt(tokenizer, user: str, prefill: str = "") -> str:
     """`user` as one chat turn with the assistant turn opened (and pre-filled).
 
-    Base models without a chat template (e.g. Gemma-3-270M base) get the plain text and a newline.
+    Base models without a chat template (e.g. Gemma-3-270M base) get the plain text and a newline; the
+    text starts with the tokenizer's BOS where it adds one itself (tokenize it without special tokens).
     """
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
                                              add_generation_prompt=True)
     else:
         text = f"{user}\n"
-    return text + prefill
+    bos = bos_text(tokenizer)
+    return (bos if bos and not text.startswith(bos) else "") + text + prefill
+
+
+def bos_text(tokenizer) -> str:
+    """The BOS token's text if the tokenizer puts one first on its own, else "".
+
+    Prompts are tokenized without special tokens (a chat template writes its own BOS, which must not be
+    doubled), so a prompt carries the BOS in its text: without it Gemma-3 answers nonsense.
+    """
+    bos, bos_id = getattr(tokenizer, "bos_token", None), getattr(tokenizer, "bos_token_id", None)
+    if not bos or bos_id is None:
+        return ""
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if ids and ids[0] == bos_id else ""
 
 
 def rewrite_prompt(tokenizer, title: str, text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -107,3 +108,24 @@ def test_max_qa_per_answer_keeps_the_first_forms():
     qa = [SimpleNamespace(question=f"q{i}", answer=a, full_answer=None) for i, a in enumerate("AABAB")]
     opts = SequenceOptions(kinds=("qa_closed",), max_qa_per_answer=1)
     assert [t.question for t in build_texts(DOC, SimpleNamespace(qa=qa, rewrites=[]), opts)] == ["q0", "q2"]
+
+
+def test_a_tokenizer_that_adds_bos_gets_it_once_in_the_prompt_text(tiny_tokenizer):
+    """Gemma-style: no chat template, BOS added by the tokenizer. The prompt text starts with the BOS, and
+    the teacher's prompt ids equal what answering tokenizes (no special tokens), with exactly one BOS."""
+    from tokenizers.processors import TemplateProcessing
+
+    from hyperprag.core.prompts import bos_text
+
+    tok = tiny_tokenizer
+    assert bos_text(tok) == "" and not answer_prompt(tok, "q?").startswith("<s>")  # template, no auto BOS
+    bos_tok = copy.deepcopy(tok)
+    bos_tok.chat_template = None
+    bos_tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    assert bos_tok("a")["input_ids"][0] == bos_tok.bos_token_id == 1
+    prompt = answer_prompt(bos_tok, "Where is Lake Vorn?")
+    assert bos_text(bos_tok) == "<s>" and prompt.startswith("<s>Answer the question briefly.")
+    answering = bos_tok(prompt, add_special_tokens=False)["input_ids"]
+    assert answering[0] == 1 and answering.count(1) == 1
+    ex, _ = build_examples(bos_tok, DOC, AUG, SequenceOptions(kinds=("qa_closed",)))
+    assert ex[0].input_ids[:len(answering)] == answering
