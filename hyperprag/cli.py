@@ -324,8 +324,7 @@ def pool(questions: list[str], out: str, docs: int | list[int] | None = None, go
     banned: set[str] = set()
     for spec in exclude or []:
         path, rng = parse_slice(spec)
-        banned |= {Document("", p.title, p.text).content_hash for q in list(load_questions(path))[rng]
-                   for p in q.passages}
+        banned |= {p.content_hash for q in list(load_questions(path))[rng] for p in q.passages}
     taken: dict[str, Document] = {}
     counts = {}
     for spec, limit in zip(questions, limits, strict=True):

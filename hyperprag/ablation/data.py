@@ -23,6 +23,7 @@ from hyperprag.core.data import (
     load_questions,
     passage_documents,
     pool_corpus,
+    unique_by_content,
 )
 
 
@@ -48,16 +49,6 @@ class DatasetInputs:
     @property
     def corpus_by_id(self) -> dict[str, Document]:
         return {d.id: d for d in self.corpus}
-
-
-def rehash(docs) -> list[Document]:
-    """Documents with their content hash as id, first copy of repeated content kept."""
-    out: dict[str, Document] = {}
-    for d in docs:
-        h = d.content_hash
-        if h not in out:
-            out[h] = Document(h, d.title, d.text)
-    return list(out.values())
 
 
 def _slice(items: list, offset: int, limit: int | None) -> list:
@@ -92,10 +83,10 @@ def load_dataset(cfg: DatasetConfig) -> DatasetInputs:
             raise ConfigError(f"dataset {cfg.name!r}: training questions {t0}-{t1 - 1} overlap the evaluated "
                               f"questions {e0}-{e1 - 1} of {cfg.questions} (fields train_offset/train_limit "
                               "vs offset/limit)")
-    corpus = rehash(load_corpus(cfg.corpus) if cfg.corpus else pool_corpus(all_qs))
+    corpus = unique_by_content(load_corpus(cfg.corpus) if cfg.corpus else pool_corpus(all_qs))
     questions = [replace(q, passages=gold_passages(q, cfg.gold)) for q in evaluated]
     pool = passage_documents(train_qs, cfg.gold)
-    seen = {Document("", p.title, p.text).content_hash for q in evaluated for p in q.passages}
+    seen = {p.content_hash for q in evaluated for p in q.passages}
     return DatasetInputs(cfg, questions, corpus, pool, seen)
 
 
@@ -121,5 +112,5 @@ def own_document(q: Question, corpus_ids: set[str]) -> str | None:
     """The question's first gold passage's document id, if it is in the corpus."""
     if not q.passages:
         return None
-    h = Document("", q.passages[0].title, q.passages[0].text).content_hash
+    h = q.passages[0].content_hash
     return h if h in corpus_ids else None

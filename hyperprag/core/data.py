@@ -25,11 +25,21 @@ class DataError(ValueError):
         super().__init__(f"{where}: {what}{problem}")
 
 
+def content_hash(title: str, text: str) -> str:
+    """Stable key of a passage's or document's content (title + text): caches augmentations and adapters."""
+    return hashlib.sha256(f"{title}\n{text}".encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Passage:
     title: str
     text: str
     supporting: bool = False
+
+    @property
+    def content_hash(self) -> str:
+        """Equal to the hash of a Document with the same title and text."""
+        return content_hash(self.title, self.text)
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,7 @@ class Document:
     @property
     def content_hash(self) -> str:
         """Stable key of the content (title + text), used to cache augmentations and adapters."""
-        return hashlib.sha256(f"{self.title}\n{self.text}".encode()).hexdigest()[:16]
+        return content_hash(self.title, self.text)
 
     @property
     def full_text(self) -> str:
@@ -362,6 +372,24 @@ def gold_passages(q: Question, gold: str = "supporting") -> list[Passage]:
     return list(q.passages)
 
 
+def unique_by_content(docs: Iterable[Document], limit: int | None = None,
+                      exclude: Collection[str] = ()) -> list[Document]:
+    """Documents re-identified by their content hash, the first copy of repeated content kept, in order.
+
+    `exclude` holds content hashes to leave out; `limit` stops after that many documents (reading no
+    further into `docs`).
+    """
+    out: dict[str, Document] = {}
+    for d in docs:
+        h = d.content_hash
+        if h in exclude or h in out:
+            continue
+        out[h] = Document(h, d.title, d.text)
+        if limit is not None and len(out) >= limit:
+            break
+    return list(out.values())
+
+
 def passage_documents(questions: Iterable[Question], gold: str = "supporting", limit: int | None = None,
                       exclude: Collection[str] = ()) -> list[Document]:
     """The questions' gold passages as documents, in question order, deduplicated by content.
@@ -370,16 +398,8 @@ def passage_documents(questions: Iterable[Question], gold: str = "supporting", l
     every file it appears in. `exclude` holds content hashes to leave out (e.g. every passage of the
     evaluated questions); `limit` stops after that many documents.
     """
-    out: dict[str, Document] = {}
-    for q in questions:
-        for p in gold_passages(q, gold):
-            h = Document("", p.title, p.text).content_hash
-            if h in exclude or h in out:
-                continue
-            out[h] = Document(h, p.title, p.text)
-            if limit is not None and len(out) >= limit:
-                return list(out.values())
-    return list(out.values())
+    docs = (Document("", p.title, p.text) for q in questions for p in gold_passages(q, gold))
+    return unique_by_content(docs, limit, exclude)
 
 
 def parse_slice(spec: str) -> tuple[str, slice]:

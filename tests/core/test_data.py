@@ -29,6 +29,7 @@ from hyperprag.core.data import (
     split_long_text,
     supporting_ids,
     to_dataset,
+    unique_by_content,
     write_jsonl,
 )
 
@@ -279,6 +280,17 @@ def test_passage_documents_dedupes_by_content_and_respects_limit_and_exclude():
     assert passage_documents(qs, exclude={docs[1].id}) == [docs[0], docs[2]]
     with pytest.raises(ValueError, match="gold must be"):
         passage_documents(qs, gold="best")
+
+
+def test_passage_hash_equals_document_hash_and_unique_by_content():
+    p = Passage("Mount Fennick", "A volcano.", True)
+    d = Document("any-id", "Mount Fennick", "A volcano.")
+    assert p.content_hash == d.content_hash != Document("x", "Mount Fennick", "A volcano!").content_hash
+    other = Document("o", "Other", "Text.")
+    docs = [d, other, Document("again", d.title, d.text)]
+    assert [x.id for x in unique_by_content(docs)] == [d.content_hash, other.content_hash]
+    assert unique_by_content(docs, limit=1) == [Document(d.content_hash, d.title, d.text)]
+    assert unique_by_content(docs, exclude={d.content_hash}) == [Document(other.content_hash, "Other", "Text.")]
 
 
 @pytest.mark.parametrize(("spec", "expected"), [
