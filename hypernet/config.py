@@ -6,8 +6,10 @@ from dataclasses import asdict, dataclass
 
 from hyperprag.core.fields import from_known_fields
 
-ARCHS = ("hyperlora", "dyprag")
-ENCODER_KINDS = ("sentence", "llm")
+ARCHS = ("hyperlora", "dyprag", "perceiver", "outer")
+TOKEN_ARCHS = ("perceiver", "outer")
+"""Architectures that read per-layer token states (EncoderSpec kind "tokens") instead of one vector."""
+ENCODER_KINDS = ("sentence", "llm", "tokens")
 POOLINGS = ("last", "mean")
 PARAM_LOSSES = ("coord", "deltaw")
 KL_POSITIONS = ("answer", "all")
@@ -18,7 +20,9 @@ class HyperNetConfig:
     """Size and initialization of the network that maps a document embedding to every LoRA matrix."""
 
     arch: str = "hyperlora"
-    """hyperlora (shared trunk + per-module-type basis heads) | dyprag (one MLP per layer and module)."""
+    """hyperlora (pooled vector -> shared trunk + basis heads) | dyprag (pooled vector -> one MLP per layer and
+    module) | perceiver (per-layer token states -> cross-attention, hypernet/token_model.py) | outer (token
+    states -> an r x r outer-product mix of learned bases per layer)."""
     emb_dim: int | None = None
     """Document-embedding width; None = taken from the encoder (384 for MiniLM, hidden size for an LLM)."""
     hidden: int = 256
@@ -44,15 +48,26 @@ class HyperNetConfig:
     """Bottleneck width of each per-(layer, module) MLP of the DyPRAG baseline (their default 32)."""
     dyprag_init: str = "paper"
     """DyPRAG baseline init: paper (every weight N(0, 1e-7), as published) | scaled (PEFT-like A, small B)."""
+    latent_dim: int = 256
+    """perceiver: width of the queries and of the projected document tokens."""
+    heads: int = 4
+    """perceiver: attention heads of each cross-attention block."""
+    blocks: int = 2
+    """perceiver: cross-attention blocks (queries attend over the layer's tokens, then an MLP)."""
+    bias_rank: int = 2
+    """perceiver / outer: rank slots of a learned document-independent adapter; the adapter's remaining
+    spec.rank - bias_rank slots are generated from the document."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"HyperNetConfig.arch {self.arch!r} is not one of {ARCHS}")
         if self.dyprag_init not in ("paper", "scaled"):
             raise ValueError(f"HyperNetConfig.dyprag_init {self.dyprag_init!r} is not 'paper' or 'scaled'")
-        for name in ("hidden", "basis", "dyprag_hidden"):
+        for name in ("hidden", "basis", "dyprag_hidden", "latent_dim", "heads", "blocks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"HyperNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.bias_rank < 0:
+            raise ValueError(f"HyperNetConfig.bias_rank must be >= 0, got {self.bias_rank}")
         if self.trunk_layers < 0:
             raise ValueError(f"HyperNetConfig.trunk_layers must be >= 0, got {self.trunk_layers}")
 
@@ -69,13 +84,14 @@ class EncoderSpec:
     """Which document encoder makes the hypernetwork's input (recorded with a trained hypernetwork)."""
 
     kind: str = "sentence"
-    """sentence (bundled all-MiniLM-L6-v2, 384-d) | llm (the base model's own hidden states)."""
+    """sentence (bundled all-MiniLM-L6-v2, 384-d) | llm (the base model's own hidden state, pooled) | tokens
+    (the base model's per-layer token states: layer l's input feeds layer l's adapter)."""
     layer: int = -1
     """llm: index into hidden_states (0 = embeddings, -1 = last layer after the final norm)."""
     pooling: str = "mean"
     """llm: mean over real tokens | last (the last real token, as DyPRAG does)."""
     max_length: int = 512
-    """llm: longest document in tokens (longer ones are truncated)."""
+    """llm / tokens: longest document in tokens (longer ones are truncated)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ENCODER_KINDS:
@@ -101,6 +117,9 @@ class LossWeights:
     """KL(teacher-adapted || student-adapted) next-token distributions on the document's QA sequences."""
     lm: float = 1.0
     """Cross-entropy of the answer tokens with the generated adapter applied."""
+    ctx: float = 0.0
+    """KL(base model with the document in its prompt || student closed-book) at the answer tokens
+    (in-context distillation; needs the data module's `context_kl`)."""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,6 +3,10 @@
 * `SentenceEncoder`: the bundled all-MiniLM-L6-v2 (384-d, unit norm), via hyperprag.core.embedders.
 * `LLMEncoder`: the base LLM's own hidden states at one layer, mean- or last-token-pooled over real
   tokens (DyPRAG uses the LLM's last token), batched, padding-side agnostic, without gradients.
+* `TokenStateEncoder`: the base LLM's per-layer token states, unpooled (`DocStates`): the input of the
+  token-level hypernetworks (hypernet/token_model.py). They are recomputed, not cached: one no-grad
+  forward of the base model per document batch, while a cache would hold ~4 MB per document (SmolLM2,
+  bf16) for documents a CPU training run sees about once.
 
 `EmbeddingCache` stores one safetensors file per encoder id, keyed by each document's content hash, so a
 training corpus is encoded once and reused by every run (and every DDP rank) with that encoder.
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -23,13 +28,43 @@ from hypernet.config import EncoderSpec
 from hyperprag.core.io import atomic_write_bytes
 
 
+@dataclass
+class DocStates:
+    """Per-layer token states of a batch of documents, right-padded: what token-level hypernetworks read."""
+
+    states: torch.Tensor
+    """[b, L, T, H]: entry l is the input of the l-th adapted layer at every document token."""
+    mask: torch.Tensor
+    """[b, T]: 1 at real tokens, 0 at padding."""
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DocStates:
+        return DocStates(self.states.to(device=device, dtype=dtype), self.mask.to(device=device))
+
+    def select(self, index) -> DocStates:
+        """Some documents of the batch, trimmed to their longest."""
+        mask = self.mask[index]
+        width = max(int(mask.sum(-1).max()), 1) if mask.numel() else 1
+        return DocStates(self.states[index][:, :, :width], mask[:, :width])
+
+    @staticmethod
+    def cat(parts: Sequence[DocStates]) -> DocStates:
+        """Concatenate batches of different widths (zero-padded to the widest)."""
+        width = max(p.mask.shape[1] for p in parts)
+        states = [torch.nn.functional.pad(p.states, (0, 0, 0, width - p.mask.shape[1])) for p in parts]
+        masks = [torch.nn.functional.pad(p.mask, (0, width - p.mask.shape[1])) for p in parts]
+        return DocStates(torch.cat(states), torch.cat(masks))
+
+
 class DocumentEncoder(Protocol):
-    """Anything that turns texts into fixed-size vectors."""
+    """Anything that turns texts into the hypernetwork's input: vectors [n, dim] or DocStates."""
 
     id: str
     dim: int
 
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:  # [n, dim] float32 on CPU
+    def encode(self, texts: Sequence[str]) -> torch.Tensor | DocStates:  # float32 on CPU
         ...
 
 
@@ -41,6 +76,8 @@ def encoder_id(spec: EncoderSpec, base_model: str | None = None) -> str:
         return f"sentence:{MINILM_NAME}"
     if base_model is None:
         raise ValueError("the id of an 'llm' encoder needs the base model's name")
+    if spec.kind == "tokens":
+        return f"tokens:{base_model}:{spec.max_length}"
     return f"llm:{base_model}:layer{spec.layer}:{spec.pooling}:{spec.max_length}"
 
 
@@ -83,8 +120,8 @@ class LLMEncoder:
         enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
                              max_length=self.max_length).to(device)
         mask = enc["attention_mask"]  # [n, t]
-        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)  # real tokens from 0, whatever the padding side
-        out = self.model.get_decoder()(input_ids=enc["input_ids"], attention_mask=mask, position_ids=position_ids,
+        out = self.model.get_decoder()(input_ids=enc["input_ids"], attention_mask=mask,
+                                       position_ids=_position_ids(mask),
                                        output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states[self.layer].float()  # [n, t, h]
         if self.pooling == "mean":
@@ -96,38 +133,95 @@ class LLMEncoder:
         return pooled.cpu()  # [n, h]
 
 
-def build_encoder(spec: EncoderSpec, model=None, tokenizer=None, device: str = "cpu") -> DocumentEncoder:
-    """The encoder `spec` describes; an LLM encoder needs the (already loaded) base model and tokenizer."""
+def _position_ids(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp_min(0)  # real tokens from 0, whatever the padding side
+
+
+class TokenStateEncoder:
+    """The frozen base model's token states at the input of every adapted layer (`DocStates`), no gradients.
+
+    Entry l of the states is hidden_states[layer_l]: the residual stream entering the l-th adapted layer,
+    the space that layer's FFN reads (after its norm).
+    """
+
+    def __init__(self, model, tokenizer, layers: Sequence[int] | None = None, max_length: int = 512,
+                 dtype: torch.dtype = torch.float32):
+        from hyperprag.core.models import model_id
+
+        n_layers = model.config.get_text_config().num_hidden_layers
+        self.layers = list(range(n_layers)) if layers is None else [int(i) for i in layers]
+        if any(not 0 <= i < n_layers for i in self.layers):
+            raise ValueError(f"layers {self.layers} out of range for a model with {n_layers} layers")
+        self.model, self.tokenizer, self.max_length, self.dtype = model, tokenizer, max_length, dtype
+        self.dim = int(model.config.get_text_config().hidden_size)
+        self.id = encoder_id(EncoderSpec(kind="tokens", max_length=max_length), model_id(model))
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Right-padded document tokens (input_ids, attention_mask [n, T]), as `states` takes them."""
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "right"
+        try:
+            return dict(self.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
+                                       max_length=self.max_length))
+        finally:
+            self.tokenizer.padding_side = side
+
+    @torch.no_grad()
+    def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DocStates:
+        """DocStates of tokenized documents, on the model's device."""
+        out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                       position_ids=_position_ids(attention_mask), output_hidden_states=True,
+                                       use_cache=False)
+        states = torch.stack([out.hidden_states[i] for i in self.layers], dim=1)  # [n, L, T, H]
+        return DocStates(states.to(self.dtype), attention_mask)
+
+    def encode(self, texts: Sequence[str]) -> DocStates:
+        device = next(self.model.parameters()).device
+        enc = self.tokenize(texts)
+        docs = self.states(enc["input_ids"].to(device), enc["attention_mask"].to(device))
+        return DocStates(docs.states.float().cpu(), docs.mask.cpu())
+
+
+def build_encoder(spec: EncoderSpec, model=None, tokenizer=None, device: str = "cpu",
+                  layers: Sequence[int] | None = None) -> DocumentEncoder:
+    """The encoder `spec` describes; LLM encoders need the (already loaded) base model and tokenizer.
+
+    `layers`: the adapted layers whose inputs a "tokens" encoder returns (None = every layer).
+    """
     if spec.kind == "sentence":
         return SentenceEncoder(device)
     if model is None or tokenizer is None:
-        raise ValueError("an 'llm' encoder needs the base model and its tokenizer")
+        raise ValueError(f"an {spec.kind!r} encoder needs the base model and its tokenizer")
+    if spec.kind == "tokens":
+        return TokenStateEncoder(model, tokenizer, layers=layers, max_length=spec.max_length)
     return LLMEncoder(model, tokenizer, layer=spec.layer, pooling=spec.pooling, max_length=spec.max_length)
 
 
 def encoder_dim(spec: EncoderSpec, base_config=None) -> int:
-    """Embedding width without loading anything: 384 for MiniLM, the base model's hidden size for 'llm'."""
+    """Input width without loading anything: 384 for MiniLM, the base model's hidden size for 'llm'/'tokens'."""
     if spec.kind == "sentence":
         from hyperprag.core.embedders import MINILM_DIM
 
         return MINILM_DIM
     if base_config is None:
-        raise ValueError("the width of an 'llm' encoder needs the base model's config")
+        raise ValueError(f"the width of an {spec.kind!r} encoder needs the base model's config")
     return int(base_config.get_text_config().hidden_size)
 
 
-def encode_documents(encoder: DocumentEncoder, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
-    """Embeddings [n, d] (float32, CPU) of `texts`, `batch_size` at a time."""
+def encode_documents(encoder: DocumentEncoder, texts: Sequence[str], batch_size: int = 16
+                     ) -> torch.Tensor | DocStates:
+    """Encoder inputs of `texts` in order (embeddings [n, d] or DocStates; float32, CPU), a batch at a time."""
     texts = list(texts)
     if not texts:
         return torch.zeros(0, encoder.dim)
     # Sort by length so each batch pads little; restore the input order at the end.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    chunks = [encoder.encode([texts[i] for i in order[s:s + batch_size]]).float()
-              for s in range(0, len(texts), batch_size)]
-    out = torch.empty(len(texts), chunks[0].shape[1])
-    out[torch.tensor(order)] = torch.cat(chunks)
-    return out
+    chunks = [encoder.encode([texts[i] for i in order[s:s + batch_size]]) for s in range(0, len(texts), batch_size)]
+    inverse = torch.empty(len(texts), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(texts))
+    if isinstance(chunks[0], DocStates):
+        return DocStates.cat(chunks).select(inverse)
+    return torch.cat([c.float() for c in chunks])[inverse]
 
 
 def _slug(enc_id: str) -> str:

@@ -17,18 +17,19 @@ Output shapes come from `target_shapes(config, spec)`, so any Llama / Qwen2 / Ge
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hypernet.config import HyperNetConfig
+from hypernet.config import TOKEN_ARCHS, HyperNetConfig
 from hyperprag.core.lora import LoraSpec, LoraWeights, target_shapes
 
 Shapes = dict[str, tuple[int, int, int]]  # module type -> (num_layers, in_features, out_features)
 
 
-def _check_shapes(shapes: Shapes, spec: LoraSpec) -> Shapes:
+def check_shapes(shapes: Shapes, spec: LoraSpec) -> Shapes:
     missing = [m for m in spec.target_modules if m not in shapes]
     if missing:
         raise ValueError(f"shapes lack target modules {missing} (have {sorted(shapes)})")
@@ -39,7 +40,7 @@ def _check_shapes(shapes: Shapes, spec: LoraSpec) -> Shapes:
     return out  # type: ignore[return-value]
 
 
-def _emb_dim(config: HyperNetConfig) -> int:
+def input_dim(config: HyperNetConfig) -> int:
     if config.emb_dim is None:
         raise ValueError("HyperNetConfig.emb_dim is None: resolve it from the encoder before building the model")
     return int(config.emb_dim)
@@ -70,9 +71,9 @@ class HyperLoRA(nn.Module):
     def __init__(self, config: HyperNetConfig, shapes: Shapes, spec: LoraSpec):
         super().__init__()
         self.config, self.spec = config, spec
-        self.shapes = _check_shapes(shapes, spec)
+        self.shapes = check_shapes(shapes, spec)
         self.module_types = tuple(spec.target_modules)
-        d, h, k, r = _emb_dim(config), config.hidden, config.basis, spec.rank
+        d, h, k, r = input_dim(config), config.hidden, config.basis, spec.rank
         n_layers = next(iter(self.shapes.values()))[0]
         self.in_norm = nn.LayerNorm(d)  # LLM hidden states and unit sentence vectors alike
         self.proj = nn.Linear(d, h)
@@ -158,9 +159,9 @@ class DyPRAGBaseline(nn.Module):
     def __init__(self, config: HyperNetConfig, shapes: Shapes, spec: LoraSpec):
         super().__init__()
         self.config, self.spec = config, spec
-        self.shapes = _check_shapes(shapes, spec)
+        self.shapes = check_shapes(shapes, spec)
         self.module_types = tuple(spec.target_modules)
-        d, h, r = _emb_dim(config), config.dyprag_hidden, spec.rank
+        d, h, r = input_dim(config), config.dyprag_hidden, spec.rank
         n_layers = next(iter(self.shapes.values()))[0]
         self.layer_ids = list(spec.layers) if spec.layers is not None else list(range(n_layers))
         self.nets = nn.ModuleDict()
@@ -198,8 +199,10 @@ class DyPRAGBaseline(nn.Module):
 
 def build_hypernet(config: HyperNetConfig, shapes: Shapes, spec: LoraSpec) -> nn.Module:
     """The network `config.arch` names."""
-    cls = {"hyperlora": HyperLoRA, "dyprag": DyPRAGBaseline}[config.arch]
-    return cls(config, shapes, spec)
+    from hypernet.token_model import OuterLoRA, PerceiverLoRA
+
+    cls = {"hyperlora": HyperLoRA, "dyprag": DyPRAGBaseline, "perceiver": PerceiverLoRA, "outer": OuterLoRA}
+    return cls[config.arch](config, shapes, spec)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -219,28 +222,33 @@ def reference_configs() -> dict:
     }
 
 
-def parameter_table(spec: LoraSpec | None = None, config: HyperNetConfig | None = None) -> list[dict]:
-    """Parameter counts of HyperLoRA and DyPRAGBaseline at reference sizes (built on the meta device)."""
+def parameter_table(spec: LoraSpec | None = None, config: HyperNetConfig | None = None,
+                    token_rank: int = 8) -> list[dict]:
+    """Parameter counts of every architecture at reference sizes (built on the meta device); the token-level
+    ones generate adapters of rank `token_rank` (config.bias_rank of them document-independent)."""
     spec = spec or LoraSpec()
     base = config or HyperNetConfig()
     rows = []
     for name, cfg in reference_configs().items():
-        shapes = target_shapes(cfg, spec)
-        lora = sum(n * spec.rank * (i + o) for n, i, o in shapes.values())
-        for arch, emb_dim in [("hyperlora", 384), ("hyperlora", cfg.hidden_size), ("dyprag", cfg.hidden_size)]:
+        for arch, emb_dim in [("hyperlora", 384), ("hyperlora", cfg.hidden_size), ("dyprag", cfg.hidden_size),
+                              ("perceiver", cfg.hidden_size), ("outer", cfg.hidden_size)]:
+            arch_spec = replace(spec, rank=token_rank) if arch in TOKEN_ARCHS else spec
+            shapes = target_shapes(cfg, arch_spec)
             c = HyperNetConfig(**{**base.to_dict(), "arch": arch, "emb_dim": emb_dim})
             with torch.device("meta"):
-                net = build_hypernet(c, shapes, spec)
-            rows.append({"base": name, "arch": arch, "emb_dim": emb_dim, "params": count_parameters(net),
-                         "lora_params": lora})
+                net = build_hypernet(c, shapes, arch_spec)
+            lora = sum(n * arch_spec.rank * (i + o) for n, i, o in shapes.values())
+            rows.append({"base": name, "arch": arch, "emb_dim": emb_dim, "rank": arch_spec.rank,
+                         "params": count_parameters(net), "lora_params": lora})
     return rows
 
 
 def main() -> None:
     """Print `parameter_table()`."""
-    print(f"{'base model':14} {'arch':10} {'emb_dim':>7} {'params':>12} {'one LoRA':>10}")
+    print(f"{'base model':14} {'arch':10} {'emb_dim':>7} {'rank':>4} {'params':>12} {'one LoRA':>10}")
     for row in parameter_table():
-        print(f"{row['base']:14} {row['arch']:10} {row['emb_dim']:>7} {row['params']:>12,} {row['lora_params']:>10,}")
+        print(f"{row['base']:14} {row['arch']:10} {row['emb_dim']:>7} {row['rank']:>4} {row['params']:>12,} "
+              f"{row['lora_params']:>10,}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def load_for_model(folder: str | Path, base, tokenizer) -> tuple[LoadedHypernet,
     """Load a hypernetwork checked against `base` (name, LoRA shapes) and build its document encoder."""
     doc_spec = load_hypernet(folder).spec  # read the spec first to compute the base model's shapes for it
     hyper = load_hypernet(folder, expect_base_model=model_id(base), expect_shapes=target_shapes(base, doc_spec))
-    encoder = build_encoder(hyper.encoder, base, tokenizer)
+    encoder = build_encoder(hyper.encoder, base, tokenizer, layers=hyper.spec.layers)
     return hyper, encoder
 
 

@@ -4,10 +4,17 @@ The frozen base model is held outside the module's registered children: it is ne
 (checkpoints hold only the hypernetwork, a few MB), never wrapped by DDP/FSDP and never optimized.
 Every batch generates one adapter per document; each QA sequence runs with its own document's adapter.
 
+The network reads a pooled document embedding (`batch["emb"]`) or, for token-level networks, the
+document's tokens, which become the frozen base model's per-layer token states here (no gradients).
+Losses: the parameter loss against each document's teacher LoRA, KL from the teacher-adapted model, the
+answer cross-entropy of the document's closed-book QA, and KL from the base model with the document in
+its prompt (in-context distillation); documents without a teacher train on the last two only.
+
 Validation (held-out documents) logs, besides the training losses: the answer loss with the document's
 own generated adapter, with another document's (the batch rolled by one) and their gap (>0 means the
 adapters carry document-specific knowledge), with no adapter and with the teacher; the mean cosine
-between different documents' generated updates (and the teachers'); closed-book exact match on a few
+between different documents' generated updates (for token-level networks: of the generated residual,
+without the document-independent bias adapter) and the teachers'; closed-book exact match on a few
 batches.
 """
 
@@ -22,8 +29,8 @@ import torch
 from torch import Tensor
 
 from hypernet.checkpoint import save_hypernet
-from hypernet.config import KL_POSITIONS, PARAM_LOSSES, EncoderSpec, HyperNetConfig, LossWeights
-from hypernet.encoders import encoder_dim
+from hypernet.config import KL_POSITIONS, PARAM_LOSSES, TOKEN_ARCHS, EncoderSpec, HyperNetConfig, LossWeights
+from hypernet.encoders import DocStates, TokenStateEncoder, encoder_dim
 from hypernet.losses import (
     coord_loss,
     deltaw_cosine,
@@ -35,10 +42,11 @@ from hypernet.losses import (
     target_mask,
 )
 from hypernet.model import Shapes, build_hypernet
+from hypernet.token_model import generated_part
 from hyperprag.core.lora import LoraSpec, LoraWeights, apply_lora, target_shapes
 
 log = logging.getLogger(__name__)
-NO_DECAY = ("a_mean", "b_mean", "layer_emb", "module_emb")
+NO_DECAY = ("a_mean", "b_mean", "layer_emb", "module_emb", "gain", "queries", "bias.")
 
 
 def _coerce(cls, value):
@@ -59,9 +67,10 @@ class HyperLoRAModule(pl.LightningModule):
                  param_loss: str = "deltaw", kl_positions: str = "answer", kl_temperature: float = 1.0,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100, schedule: str = "cosine",
                  base_model: str = "smollm2-135m", base_dtype: str = "float32", spec: LoraSpec | None = None,
-                 encoder: EncoderSpec | None = None, shapes: dict[str, tuple[int, int, int]] | None = None,
-                 em_batches: int = 1, em_max_new_tokens: int = 16, export_dir: str | None = None,
-                 on_nonfinite: str = "stop"):
+                 teacher_spec: LoraSpec | None = None, encoder: EncoderSpec | None = None,
+                 shapes: dict[str, tuple[int, int, int]] | None = None, em_batches: int = 1,
+                 em_max_new_tokens: int = 16, export_dir: str | None = None, on_nonfinite: str = "stop",
+                 init_from: str | None = None):
         """
         Args:
             hypernet: architecture and size of the hypernetwork.
@@ -75,7 +84,8 @@ class HyperLoRAModule(pl.LightningModule):
             schedule: after warmup: cosine (to 0 at the last step) | constant.
             base_model: base model name or path (the teacher store's base model).
             base_dtype: dtype the frozen base model runs in (float32 | bfloat16).
-            spec: LoRA layout of the teacher adapters (and of the generated ones).
+            spec: LoRA layout of the generated adapters (rank may exceed the teachers').
+            teacher_spec: LoRA layout of the teacher adapters; None = the data's teacher store's, else `spec`.
             encoder: document encoder (the CLI links it from the data module).
             shapes: {module: (layers, in, out)}; None = read from the base model's config.
             em_batches: validation batches per epoch on which closed-book exact match is generated.
@@ -84,6 +94,8 @@ class HyperLoRAModule(pl.LightningModule):
             on_nonfinite: a NaN/inf training loss: stop (raise, naming the step and the batch's documents; the
                 last checkpoint stays as it was) | skip (no update for that batch, logged; single process
                 only, since DDP ranks must step together).
+            init_from: a trained hypernetwork folder whose weights start this fit (a second stage on other
+                data); it must have this module's architecture, LoRA spec and shapes.
         """
         super().__init__()
         if param_loss not in PARAM_LOSSES:
@@ -94,13 +106,18 @@ class HyperLoRAModule(pl.LightningModule):
             raise ValueError(f"schedule {schedule!r} is not 'cosine' or 'constant'")
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite {on_nonfinite!r} is not 'stop' or 'skip'")
-        self.save_hyperparameters(ignore=["hypernet", "loss_weights", "spec", "encoder", "shapes"])
+        self.save_hyperparameters(ignore=["hypernet", "loss_weights", "spec", "teacher_spec", "encoder", "shapes"])
         self.spec = _coerce(LoraSpec, spec)
+        self.teacher_spec = _coerce(LoraSpec, teacher_spec) if teacher_spec is not None else None
         self.encoder_spec = _coerce(EncoderSpec, encoder)
         self.loss_weights = _coerce(LossWeights, loss_weights)
         config = HyperNetConfig(**_coerce(HyperNetConfig, hypernet).to_dict())
         base_config = None
-        if shapes is None or (config.emb_dim is None and self.encoder_spec.kind == "llm"):
+        if (config.arch in TOKEN_ARCHS) != (self.encoder_spec.kind == "tokens"):
+            raise ValueError(f"hypernet.arch {config.arch!r} and encoder kind {self.encoder_spec.kind!r} do not fit: "
+                             f"the token-level networks {TOKEN_ARCHS} read the 'tokens' encoder, the others one "
+                             "pooled vector")
+        if shapes is None or (config.emb_dim is None and self.encoder_spec.kind != "sentence"):
             from transformers import AutoConfig
 
             from hyperprag.core.models import resolve_model_path
@@ -115,9 +132,23 @@ class HyperLoRAModule(pl.LightningModule):
         # load_from_checkpoint needs neither the base model's config nor the data.
         self.hparams.update({"hypernet": config.to_dict(), "loss_weights": self.loss_weights.to_dict(),
                              "spec": self.spec.to_dict(), "encoder": self.encoder_spec.to_dict(),
+                             "teacher_spec": None if self.teacher_spec is None else self.teacher_spec.to_dict(),
                              "shapes": {m: list(v) for m, v in self.shapes.items()}})
         self.hypernet = build_hypernet(config, self.shapes, self.spec)
+        if init_from is not None:
+            self._load_weights(init_from)
         self.__dict__["_base"] = None  # (model, tokenizer); a plain attribute, so not a registered child
+
+    def _load_weights(self, folder: str) -> None:
+        from hypernet.checkpoint import HypernetMismatchError, load_hypernet
+
+        start = load_hypernet(folder, expect_spec=self.spec, expect_shapes=self.shapes)
+        for key in ("arch", "latent_dim", "heads", "blocks", "bias_rank", "hidden", "basis", "trunk_layers"):
+            if getattr(start.config, key) != getattr(self.config, key):
+                raise HypernetMismatchError(Path(folder), f"hypernet.{key}", getattr(self.config, key),
+                                            getattr(start.config, key))
+        self.hypernet.load_state_dict(start.model.state_dict())
+        log.info("hypernetwork weights start from %s", folder)
 
     # ---- the frozen base model ------------------------------------------------------------------------------
 
@@ -147,8 +178,13 @@ class HyperLoRAModule(pl.LightningModule):
                 raise ValueError(f"the teacher store was trained on base model {store_base!r}, this module "
                                  f"uses {self.hparams.base_model!r}")
             store_spec = getattr(dm, "store_spec", None)
-            if store_spec is not None and store_spec != self.spec:
-                raise ValueError(f"teacher store spec {store_spec} differs from the module's spec {self.spec}")
+            if store_spec is not None and self.teacher_spec is None:
+                self.teacher_spec = store_spec
+        teacher = self.teacher_spec or self.spec
+        if self.loss_weights.param > 0 and tuple(teacher.target_modules) != tuple(self.spec.target_modules):
+            raise ValueError(f"the parameter loss compares matrices of the same modules, but the teachers adapt "
+                             f"{list(teacher.target_modules)} and the generated adapters {list(self.spec.target_modules)}"
+                             "; set loss_weights.param to 0 (the function losses need no common modules)")
 
     def on_fit_start(self) -> None:
         """Calibrate the hypernetwork's output scales on the first training teachers (same on every rank)."""
@@ -158,9 +194,12 @@ class HyperLoRAModule(pl.LightningModule):
         ds = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
         if ds is None or len(ds) == 0:
             return
-        teachers = LoraWeights.stack([ds[i][1].to(torch.float32) for i in range(min(len(ds), 32))])
+        found = [t for t in (ds[i][1] for i in range(min(len(ds), 64))) if t is not None][:32]
+        if not found:
+            return
+        teachers = LoraWeights.stack([t.to(torch.float32) for t in found])
         scales = net.calibrate(teachers.to(self.device))
-        log.info("hypernetwork output scales (A rms, B rms) from %d teachers: %s", min(len(ds), 32), scales)
+        log.info("hypernetwork output scales (A rms, B rms) from %d teachers: %s", len(found), scales)
 
     @property
     def base(self):
@@ -179,55 +218,129 @@ class HyperLoRAModule(pl.LightningModule):
 
     # ---- losses ----------------------------------------------------------------------------------------------
 
-    def forward(self, emb: Tensor) -> LoraWeights:
-        return self.hypernet(emb)
+    @property
+    def token_encoder(self) -> TokenStateEncoder:
+        """The base model as the token-level networks' encoder (built on first use)."""
+        enc = self.__dict__.get("_token_encoder")
+        if enc is None or enc.model is not self.base:
+            enc = TokenStateEncoder(self.base, self.tokenizer, layers=self.spec.layers,
+                                    max_length=self.encoder_spec.max_length)
+            self.__dict__["_token_encoder"] = enc
+        return enc
 
-    def _function_losses(self, batch: dict, student: LoraWeights, teacher: LoraWeights, full: bool) -> dict:
+    def hypernet_input(self, batch: dict) -> Tensor | DocStates:
+        """What the network reads: the pooled embedding [b, d], or the document's per-layer token states."""
+        if self.encoder_spec.kind == "tokens":
+            return self.token_encoder.states(batch["doc_input_ids"], batch["doc_attention_mask"])
+        return batch["emb"]
+
+    def forward(self, inputs: Tensor | DocStates) -> LoraWeights:
+        return self.hypernet(inputs)
+
+    @staticmethod
+    def batch_size_of(batch: dict) -> int:
+        return len(batch["doc_ids"]) if "doc_ids" in batch else batch["emb"].shape[0]
+
+    def _teacher(self, batch: dict) -> tuple[LoraWeights, Tensor] | None:
+        """The batch's teacher adapters [b, ...] and which documents have one [b], if any does."""
+        if "teacher_A" not in batch:
+            return None
+        has = batch.get("has_teacher")
+        if has is None:
+            has = torch.ones(self.batch_size_of(batch), dtype=torch.bool, device=self.device)
+        return LoraWeights(batch["teacher_A"], batch["teacher_B"]), has.bool()
+
+    def _param_losses(self, student: LoraWeights, teacher: LoraWeights) -> dict[str, Tensor]:
+        """Parameter losses on the documents with a teacher; the generated update is compared at the
+        teacher's LoRA scale (their ranks and alphas may differ)."""
+        t_spec = self.teacher_spec or self.spec
+        if self.spec.scale != t_spec.scale:
+            factor = self.spec.scale / t_spec.scale
+            student = LoraWeights(student.A, {m: b * factor for m, b in student.B.items()})
+        out = {"param_deltaw": deltaw_loss(student, teacher)}
+        if student.rank == teacher.rank:  # coordinates are comparable only between equal shapes
+            out["param_coord"] = coord_loss(student, teacher)
+        key = f"param_{self.hparams.param_loss}"
+        if key not in out:
+            raise ValueError(f"param_loss {self.hparams.param_loss!r} needs generated and teacher adapters of one "
+                             f"rank ({student.rank} vs {teacher.rank}); use param_loss: deltaw")
+        out["param"] = out[key]
+        return out
+
+    def _function_losses(self, batch: dict, student: LoraWeights, teacher: tuple[LoraWeights, Tensor] | None,
+                         full: bool) -> dict:
         """KL and answer loss on the batch's QA sequences (plus, if `full`, the validation-only variants)."""
         w = self.loss_weights
         out: dict[str, Tensor] = {}
         ids, am, labels, doc_index = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["doc_index"]
         ans = target_mask(labels, am, "answer")  # [N, t-1]
-        need_kl = full or w.kl > 0
-        kl_sel = target_mask(labels, am, self.hparams.kl_positions) if need_kl else torch.zeros_like(ans)
-        sel = ans | kl_sel
         targets = labels[:, 1:][ans]  # [n_ans]
-        in_ans, in_kl = ans[sel], kl_sel[sel]  # which selected positions are answer / KL positions
         base, spec = self.base, self.spec
-        s_logits = select_logits(base, spec, student.select(doc_index), ids, am, sel)  # [n_sel, V]
+        # teacher KL only on the sequences of documents that have a teacher
+        t_rows = teacher[1][doc_index] if teacher is not None else torch.zeros_like(doc_index, dtype=torch.bool)
+        need_kl = bool(t_rows.any()) and (full or w.kl > 0)
+        kl_sel = (target_mask(labels, am, self.hparams.kl_positions) & t_rows[:, None] if need_kl
+                  else torch.zeros_like(ans))
+        sel = ans | kl_sel
+        in_ans, in_kl = ans[sel], kl_sel[sel]  # which selected positions are answer / KL positions
+        s_logits = select_logits(base, spec, student, ids, am, sel, groups=doc_index)  # [n_sel, V]
         out["lm"] = lm_loss(s_logits[in_ans], targets)
         if need_kl:
+            t_spec, t_ans = self.teacher_spec or spec, ans & t_rows[:, None]
+            t_sel = kl_sel | t_ans
             with torch.no_grad():
-                t_logits = select_logits(base, spec, teacher.select(doc_index), ids, am, sel)
-            out["kl"] = kl_loss(t_logits[in_kl], s_logits[in_kl], self.hparams.kl_temperature)
+                t_logits = select_logits(base, t_spec, teacher[0], ids, am, t_sel, groups=doc_index)  # [n_t, V]
+            out["kl"] = kl_loss(t_logits[kl_sel[t_sel]], s_logits[in_kl], self.hparams.kl_temperature)
+            if full:
+                out["lm_teacher"] = lm_loss(t_logits[t_ans[t_sel]], labels[:, 1:][t_ans])
+        if "ctx_input_ids" in batch and (full or w.ctx > 0):
+            out["ctx"] = self._context_kl(batch, s_logits[in_ans])
         if full:
             with torch.no_grad():
-                out["lm_teacher"] = lm_loss(t_logits[in_ans], targets)
                 out["lm_none"] = lm_loss(select_logits(base, spec, None, ids, am, ans), targets)
-                b = batch["emb"].shape[0]
+                b = self.batch_size_of(batch)
                 if b > 1:  # every sequence with the next document's adapter
-                    other = student.select(torch.roll(torch.arange(b, device=ids.device), -1)).select(doc_index)
-                    out["lm_other"] = lm_loss(select_logits(base, spec, other, ids, am, ans), targets)
+                    other = student.select(torch.roll(torch.arange(b, device=ids.device), -1))
+                    out["lm_other"] = lm_loss(select_logits(base, spec, other, ids, am, ans, groups=doc_index),
+                                              targets)
                     out["lm_gap"] = out["lm_other"] - out["lm"]
         return out
+
+    def _context_kl(self, batch: dict, student_answer_logits: Tensor) -> Tensor:
+        """KL(base model with the document in its prompt || student closed-book) at the answer tokens.
+
+        `ctx_*` holds the same QA sequences with the passage in the prompt; their answer tokens are the
+        closed-book ones, in the same order, so the two logit rows align one to one.
+        """
+        c_ids, c_am, c_labels = batch["ctx_input_ids"], batch["ctx_attention_mask"], batch["ctx_labels"]
+        c_ans = target_mask(c_labels, c_am, "answer")
+        with torch.no_grad():
+            c_logits = select_logits(self.base, self.spec, None, c_ids, c_am, c_ans)  # [n_ans, V]
+        if c_logits.shape[0] != student_answer_logits.shape[0]:
+            raise ValueError(f"in-context batch has {c_logits.shape[0]} answer tokens, closed-book "
+                             f"{student_answer_logits.shape[0]}: the two must be the same QA sequences")
+        return kl_loss(c_logits, student_answer_logits, self.hparams.kl_temperature)
 
     def compute_losses(self, batch: dict, full: bool = False) -> tuple[Tensor, dict[str, Tensor], LoraWeights]:
         """(weighted total, every component, the generated adapters)."""
         w = self.loss_weights
-        teacher = LoraWeights(batch["teacher_A"], batch["teacher_B"])
-        student = self.hypernet(batch["emb"])  # [b, ...]
-        parts = {"param_coord": coord_loss(student, teacher), "param_deltaw": deltaw_loss(student, teacher)}
-        parts["param"] = parts[f"param_{self.hparams.param_loss}"]
-        zero = parts["param"] * 0.0
-        if "input_ids" in batch and (full or w.kl > 0 or w.lm > 0):
+        teacher = self._teacher(batch)
+        student = self.hypernet(self.hypernet_input(batch))  # [b, ...]
+        parts: dict[str, Tensor] = {}
+        if teacher is not None and bool(teacher[1].any()) and (full or w.param > 0):
+            has = teacher[1]
+            parts.update(self._param_losses(student.select(has), teacher[0].select(has)))
+        if "input_ids" in batch and (full or w.kl > 0 or w.lm > 0 or w.ctx > 0):
             parts.update(self._function_losses(batch, student, teacher, full))
-        total = w.param * parts["param"] + w.kl * parts.get("kl", zero) + w.lm * parts.get("lm", zero)
+        zero = next(iter(student.A.values())).sum() * 0.0
+        total = (w.param * parts.get("param", zero) + w.kl * parts.get("kl", zero) + w.lm * parts.get("lm", zero)
+                 + w.ctx * parts.get("ctx", zero))
         parts["loss"] = total
         return total, parts, student
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         total, parts, _ = self.compute_losses(batch)
-        b = batch["emb"].shape[0]
+        b = self.batch_size_of(batch)
         if not bool(torch.isfinite(total)):
             what = (f"hypernetwork training step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}): "
                     f"non-finite loss {float(total)} ({ {k: float(v) for k, v in parts.items()} }) for documents "
@@ -245,24 +358,29 @@ class HyperLoRAModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         total, parts, student = self.compute_losses(batch, full=True)
-        b = batch["emb"].shape[0]
+        b = self.batch_size_of(batch)
         self.log_dict({f"val/{k}": v.detach() for k, v in parts.items()}, batch_size=b, sync_dist=True,
                       prog_bar=False)
         self.log("val_loss", total.detach(), batch_size=b, prog_bar=True, sync_dist=True, logger=False)
+        teacher = self._teacher(batch)
         if b > 1:
-            teacher = LoraWeights(batch["teacher_A"], batch["teacher_B"])
-            self.log("val/dw_cos_generated", mean_offdiag(deltaw_cosine(student.detach())), batch_size=b,
-                     sync_dist=True)
-            self.log("val/dw_cos_teacher", mean_offdiag(deltaw_cosine(teacher)), batch_size=b, sync_dist=True)
+            bias_rank = student.meta.get("bias_rank", 0)
+            residual = generated_part(student.detach(), bias_rank) if bias_rank else student.detach()
+            self.log("val/dw_cos_generated", mean_offdiag(deltaw_cosine(residual)), batch_size=b, sync_dist=True)
+            if teacher is not None and int(teacher[1].sum()) > 1:
+                self.log("val/dw_cos_teacher", mean_offdiag(deltaw_cosine(teacher[0].select(teacher[1]))),
+                         batch_size=b, sync_dist=True)
         if batch_idx < self.hparams.em_batches and batch.get("qa"):
-            for name, weights in (("hyper", student.detach()), ("teacher", LoraWeights(batch["teacher_A"],
-                                                                                        batch["teacher_B"])),
-                                  ("none", None)):
-                em = self.closed_book_em(batch["qa"], weights)
+            sources = [("hyper", student.detach(), self.spec), ("none", None, self.spec)]
+            if teacher is not None and bool(teacher[1].all()):
+                sources.append(("teacher", teacher[0], self.teacher_spec or self.spec))
+            for name, weights, spec in sources:
+                em = self.closed_book_em(batch["qa"], weights, spec)
                 self.log(f"val/em_{name}", em, batch_size=len(batch["qa"]), sync_dist=True)
 
     @torch.no_grad()
-    def closed_book_em(self, qa: list[tuple[int, str, list[str]]], weights: LoraWeights | None) -> float:
+    def closed_book_em(self, qa: list[tuple[int, str, list[str]]], weights: LoraWeights | None,
+                       spec: LoraSpec | None = None) -> float:
         """Exact match of greedy answers to (doc position, question, answers), each with its document's adapter."""
         from hyperprag.core.metrics import exact_match, extract_answer
         from hyperprag.core.prompts import answer_prompt
@@ -272,7 +390,7 @@ class HyperLoRAModule(pl.LightningModule):
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         if weights is not None:
             weights = weights.select(torch.tensor([i for i, _, _ in qa], device=self.device))
-        with apply_lora(model, self.spec, weights):
+        with apply_lora(model, spec or self.spec, weights):
             out = model.generate(**enc, max_new_tokens=self.hparams.em_max_new_tokens, do_sample=False,
                                  num_beams=1, pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
                                  top_k=None)
@@ -323,7 +441,9 @@ class HyperLoRAModule(pl.LightningModule):
             folder = Path(self.hparams.export_dir or Path(trainer.default_root_dir) / "hypernet")
             cb = trainer.checkpoint_callback
             best = getattr(cb, "best_model_path", "") or ""
-            state, meta = None, {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+            state = None
+            meta = {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
+                    "trained_steps": trainer.global_step}  # global_step becomes the exported checkpoint's below
             if best and Path(best).is_file():
                 ckpt = torch.load(best, map_location="cpu", weights_only=True)
                 state = {k.removeprefix("hypernet."): v for k, v in ckpt["state_dict"].items()

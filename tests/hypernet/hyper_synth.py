@@ -39,6 +39,17 @@ def random_teacher(shapes, spec: LoraSpec, seed: int) -> LoraWeights:
     return LoraWeights(A, B)
 
 
+def randomize_b(net, std: float = 0.1) -> None:
+    """Random values where a token-level network's B parts start at zero (head B rows, B bases, the bias
+    adapter's B), so that every part of the network shapes its output."""
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith(("bias.b.", "basis_b.")):
+                p.normal_(std=std)
+        for m, head in getattr(net, "heads_out", {}).items():
+            head.weight[net.shapes[m][1]:].normal_(std=std)
+
+
 def synthetic_items(tokenizer, model, spec: LoraSpec, n_docs: int, qa_per_doc: int = 2, seed: int = 0):
     """`n_docs` DocItems with random embeddings, random teachers and closed-book QA sequences."""
     from training.hypernet_data import DocItem

@@ -137,3 +137,59 @@ def test_kl_is_zero_for_equal_logits_and_positive_otherwise():
     a = torch.randn(5, 11)
     assert kl_loss(a, a).abs() < 1e-6
     assert kl_loss(a, torch.randn(5, 11)) > 0
+
+
+def _chat_batch(tok):
+    from hyperprag.core.prompts import answer_completion, answer_prompt
+
+    pairs = [("Where is it?", "Tesmar"), ("Who built the bridge?", "Ilsa Brandt of Kell"), ("Colour?", "blue")]
+    texts = [answer_prompt(tok, q) + answer_completion(a) for q, a in pairs * 2]
+    return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="right")
+
+
+def test_common_prefix_length():
+    from hypernet.losses import common_prefix_length
+
+    ids = torch.tensor([[5, 6, 7, 8, 0], [5, 6, 7, 9, 9], [5, 6, 1, 1, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert common_prefix_length(ids, mask) == 2
+    assert common_prefix_length(ids[:2], mask[:2]) == 3  # and each row keeps a token of its own
+    assert common_prefix_length(ids[:1].repeat(2, 1), mask[:1].repeat(2, 1)) == 3
+    assert common_prefix_length(ids, mask.flip(-1)) == 0  # left padding: nothing shared from position 0
+
+
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gemma"])
+def test_shared_prefix_equals_the_full_pass_with_gradients(model_name, request, tiny_tokenizer):
+    """Per-document adapters, several questions each: the chat prefix computed once per document and reused
+    through the KV cache gives the full pass's hidden states and the same gradients for the adapters."""
+    from hypernet.losses import common_prefix_length, decoder_hidden
+
+    model = request.getfixturevalue(model_name)
+    spec = LoraSpec(rank=3)
+    enc = _chat_batch(tiny_tokenizer)
+    assert common_prefix_length(enc["input_ids"], enc["attention_mask"]) > 20
+    groups = torch.tensor([0, 2, 1, 0, 2, 2])
+    weights = init_lora(target_shapes(model, spec), spec, batch=3)
+    for b in weights.B.values():
+        b.normal_(0, 0.3)
+    results = []
+    for shared in (False, True):
+        w = LoraWeights({m: a.clone().requires_grad_(True) for m, a in weights.A.items()},
+                        {m: b.clone().requires_grad_(True) for m, b in weights.B.items()})
+        if shared:
+            hidden = decoder_hidden(model, spec, w, enc["input_ids"], enc["attention_mask"], groups=groups)
+        else:
+            hidden = decoder_hidden(model, spec, w.select(groups), enc["input_ids"], enc["attention_mask"])
+        real = enc["attention_mask"].bool()
+        hidden[real].pow(2).mean().backward()
+        results.append((hidden.detach()[real], {m: w.B[m].grad for m in w.B}, {m: w.A[m].grad for m in w.A}))
+    (h0, gb0, ga0), (h1, gb1, ga1) = results
+    torch.testing.assert_close(h1, h0, atol=2e-5, rtol=1e-4)
+    for m in gb0:
+        torch.testing.assert_close(gb1[m], gb0[m], atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(ga1[m], ga0[m], atol=1e-6, rtol=1e-4)
+    with torch.no_grad():  # no adapter: one group for the whole batch
+        plain = decoder_hidden(model, spec, None, enc["input_ids"], enc["attention_mask"])
+        ref = model.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    torch.testing.assert_close(plain[enc["attention_mask"].bool()], ref[enc["attention_mask"].bool()],
+                               atol=2e-5, rtol=1e-4)

@@ -65,7 +65,7 @@ def augment_documents(documents: Sequence[Document], method: str = "rules", mode
         if results[i] is None:
             todo.append(i)
     cached = len(documents) - len(todo)
-    start = time.perf_counter()
+    start = last_report = time.perf_counter()
     if todo and uses_llm and augment_model is not None:
         from hyperprag.core.models import load_base_model
 
@@ -78,8 +78,10 @@ def augment_documents(documents: Sequence[Document], method: str = "rules", mode
             results[i] = aug
             if paths[i] is not None:
                 save_cached(paths[i], aug, {"method": method, "augment_model": model_name, **settings})
-        logger.info("augmented %d/%d documents (%.1f s)", min(c + batch_size, len(todo)), len(todo),
-                    time.perf_counter() - start)
+        done = min(c + batch_size, len(todo))
+        if done == len(todo) or time.perf_counter() - last_report > 10:  # progress every 10 s, not every chunk
+            logger.info("augmented %d/%d documents (%.1f s)", done, len(todo), time.perf_counter() - start)
+            last_report = time.perf_counter()
     augs = [a for a in results if a is not None]
     summary = summarize(augs)
     logger.info("augmentation (%s): %d documents, %d from cache, %d computed in %.1f s; summary %s", method,

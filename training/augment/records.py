@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-SOURCES = ("rules", "llm")
+SOURCES = ("rules", "llm", "given")  # given: a question file's question about the document
 
 
 @dataclass(frozen=True)
