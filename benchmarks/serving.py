@@ -87,7 +87,8 @@ def timer(out: dict, key: str):
 
 
 def fresh_hypernet(folder: Path, base, encoder_kind: str) -> Path:
-    """A freshly initialized HyperLoRA (the demo config's sizes) saved as a checkpoint for `base`."""
+    """A freshly initialized hypernetwork saved as a checkpoint for `base`: HyperLoRA (the old demo sizes) for
+    a pooled encoder, PerceiverLoRA at rank 2 + 6 (configs/hypernet/keyvalue.yaml) for 'tokens'."""
     import torch
 
     from hypernet.checkpoint import save_hypernet
@@ -97,9 +98,15 @@ def fresh_hypernet(folder: Path, base, encoder_kind: str) -> Path:
     from hyperprag.core.lora import LoraSpec, target_shapes
     from hyperprag.core.models import model_id
 
-    spec, encoder = LoraSpec(), EncoderSpec(kind=encoder_kind)
-    config = HyperNetConfig(arch="hyperlora", hidden=256, trunk_layers=2, basis=128,
-                            emb_dim=encoder_dim(encoder, base.config))
+    encoder = EncoderSpec(kind=encoder_kind)
+    if encoder_kind == "tokens":
+        spec = LoraSpec(rank=8)
+        config = HyperNetConfig(arch="perceiver", latent_dim=256, heads=4, blocks=2, bias_rank=2,
+                                emb_dim=encoder_dim(encoder, base.config))
+    else:
+        spec = LoraSpec()
+        config = HyperNetConfig(arch="hyperlora", hidden=256, trunk_layers=2, basis=128,
+                                emb_dim=encoder_dim(encoder, base.config))
     shapes = target_shapes(base, spec)
     torch.manual_seed(0)
     return save_hypernet(folder, build_hypernet(config, shapes, spec), config, spec, model_id(base), encoder, shapes)
@@ -146,7 +153,7 @@ def encode_bf16(hypernet: Path, base, tok, texts: list[str], batch: int) -> dict
     """Encoding time in float32 and under bfloat16 autocast, and how far the embeddings move (1 - cosine)."""
     import torch
 
-    from hypernet.encoders import encode_documents
+    from hypernet.encoders import DocStates, encode_documents
     from inference.parameterize import load_for_model
 
     _, encoder = load_for_model(hypernet, base, tok)
@@ -156,8 +163,11 @@ def encode_bf16(hypernet: Path, base, tok, texts: list[str], batch: int) -> dict
     with torch.autocast("cpu", dtype=torch.bfloat16):
         encode_documents(encoder, texts[:batch], batch)  # warm-up (oneDNN bf16 kernels)
         with timer(t, "bf16"):
-            emb = encode_documents(encoder, texts, batch).float()
-    drift = float((1 - torch.nn.functional.cosine_similarity(ref, emb)).max())
+            emb = encode_documents(encoder, texts, batch)
+    if isinstance(ref, DocStates):  # per token and layer, over the real tokens
+        real = ref.mask.bool()[:, None, :].expand(ref.states.shape[:3])
+        ref, emb = ref.states[real], emb.states.float()[real]
+    drift = float((1 - torch.nn.functional.cosine_similarity(ref, emb, dim=-1)).max())
     return {"encode_fp32_again_s": t["fp32"], "encode_bf16_s": t["bf16"], "bf16_cos_drift": drift}
 
 
@@ -329,7 +339,8 @@ def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--hypernet", default=None, help="hypernetwork checkpoint (default: a fresh HyperLoRA)")
-    ap.add_argument("--encoder", default="sentence", choices=["sentence", "llm"], help="fresh hypernetwork's encoder")
+    ap.add_argument("--encoder", default="tokens", choices=["sentence", "llm", "tokens"],
+                    help="fresh hypernetwork's encoder (tokens: the token-level PerceiverLoRA)")
     ap.add_argument("--teacher-store", default=None, help="teacher store covering the demo corpus (prag)")
     ap.add_argument("--docs", type=int, default=256, help="synthetic documents parameterized by the hypernetwork")
     ap.add_argument("--source", default="synthetic", choices=["synthetic", "demo"],

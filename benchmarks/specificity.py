@@ -2,6 +2,9 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/specificity.py --out runs/specificity \
         --arm configs/hypernet/keyvalue.yaml --arm configs/hypernet/keyvalue_pooled.yaml
+    # any trained hypernetwork, on other document sets (folders with corpus.jsonl + questions.jsonl):
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/specificity.py --out runs/specificity-demo \
+        --hypernet shipped=hyperprag/demo/checkpoints/smollm2-135m --eval hyperprag/demo/unseen
 
 Key-value documents (hyperprag/demo/keyvalue.py) hold codes, numbers, invented villages, keepers and
 passwords that nothing but the document itself can supply. Steps, each resumable:
@@ -10,9 +13,11 @@ passwords that nothing but the document itself can supply. Steps, each resumable
    name shared with the training set) with their questions, in OUT/data/{train,test}/.
 2. every arm (a `hyperprag train` config): trained on OUT/data/train (the config's data paths are
    overridden) into OUT/<arm>/, unless OUT/<arm>/hypernet exists.
-3. every arm on the test documents: their adapters generated in one batched pass, then closed-book answers
-   with the document's own adapter, another document's and none, and the passage in context (rag): gold
-   answer loss per token, EM and answer-contained, on the same questions.
+3. every arm (and every --hypernet) on the test documents (and every --eval set): their adapters generated
+   in one batched pass, then closed-book answers with the document's own adapter, another document's and
+   none, and the passage in context (rag): gold answer loss per token, EM and answer-contained, on the same
+   questions; and the mean cosine between different documents' generated updates (without the
+   document-independent bias slots).
 
 Writes OUT/result.json and OUT/table.md.
 """
@@ -74,8 +79,13 @@ def train_arm(config: Path, run_dir: Path, train_dir: Path, extra: list[str]) ->
     return hypernet, timing
 
 
-def evaluate_arm(name: str, hypernet: Path, test_dir: Path, out: Path, base, tok, batch_size: int) -> dict:
-    """Generated adapters of the test documents: own / other / none closed-book, and rag, same questions."""
+def evaluate_arm(name: str, hypernet: Path, eval_dir: Path, out: Path, base, tok, batch_size: int) -> dict:
+    """Generated adapters of a document set: own / other / none closed-book, and rag, same questions."""
+    from hypernet.checkpoint import read_config
+    from hypernet.config import TOKEN_ARCHS
+    from hypernet.losses import deltaw_cosine, mean_offdiag
+    from hypernet.token_model import generated_part
+    from hyperprag.core.lora import LoraWeights
     from hyperprag.core.store import AdapterStore
     from hyperprag.pipeline import specificity_check
     from inference.answer import Answerer
@@ -83,41 +93,52 @@ def evaluate_arm(name: str, hypernet: Path, test_dir: Path, out: Path, base, tok
     from inference.generate import answer_nll, generate
     from inference.parameterize import parameterize_corpus
 
-    docs = list(load_corpus(test_dir / "corpus.jsonl"))
-    questions = list(load_questions(test_dir / "questions.jsonl"))
-    stats = parameterize_corpus(hypernet, docs, out / name / "test-store", base, tok, progress=False)
-    store = AdapterStore.open(out / name / "test-store")
+    docs = list(load_corpus(eval_dir / "corpus.jsonl"))
+    questions = list(load_questions(eval_dir / "questions.jsonl"))
+    run = out / name / eval_dir.name
+    stats = parameterize_corpus(hypernet, docs, run / "store", base, tok, progress=False)
+    store = AdapterStore.open(run / "store")
     store.preload()
     answerer = Answerer(base, tok, {d.id: d for d in docs}, hyper=store, top_k=1, batch_size=batch_size,
                         max_new_tokens=16, retrieval="gold")
-    metrics = evaluate(answerer, questions, ["vanilla", "rag", "hyper"], out / name / "eval", batch_size=batch_size,
+    metrics = evaluate(answerer, questions, ["vanilla", "rag", "hyper"], run / "eval", batch_size=batch_size,
                        with_nll=True, progress=False)
     check = specificity_check(base, tok, questions, {d.id: d for d in docs}, store, batch_size, answer_nll, generate,
                               known={"none": metrics["vanilla"]["all"], "own document": metrics["hyper"]["all"]})
     rows = {"passage in context (rag)": {k: metrics["rag"]["all"][k] for k in ("answer_nll", "em", "contains", "n")},
             **check}
-    return {"rows": rows, "parameterize": stats}
+    config = read_config(hypernet)["hypernet"]
+    bias_rank = config.get("bias_rank", 0) if config["arch"] in TOKEN_ARCHS else 0
+    sample = LoraWeights.stack([store.get(d.id) for d in docs[:64]])
+    cosine = float(mean_offdiag(deltaw_cosine(generated_part(sample, bias_rank) if bias_rank else sample)))
+    return {"rows": rows, "parameterize": stats, "cosine": cosine, "documents": len(docs)}
 
 
 def format_table(results: dict) -> str:
-    lines = ["| arm | adapter | answer_nll | em | contains | n |", "|---|---|---|---|---|---|"]
-    for arm, res in results.items():
+    lines = ["| hypernetwork | documents | adapter | answer_nll | em | contains | n |", "|---|---|---|---|---|---|---|"]
+    for (arm, data), res in results.items():
         for row, v in res["rows"].items():
-            lines.append(f"| {arm} | {row} | {v['answer_nll']:.3f} | {v['em']:.3f} | {v['contains']:.3f} | {v['n']} |")
-    lines += ["", "| arm | own - other answer loss (nats/token) | own EM | fit s/step | steps |", "|---|---|---|---|---|"]
-    for arm, res in results.items():
+            lines.append(f"| {arm} | {data} | {row} | {v['answer_nll']:.3f} | {v['em']:.3f} | {v['contains']:.3f} "
+                         f"| {v['n']} |")
+    lines += ["", "| hypernetwork | documents | other - own answer loss (nats/token) | own EM | cosine across "
+              "documents | fit s/step | steps |", "|---|---|---|---|---|---|---|"]
+    for (arm, data), res in results.items():
         r = res["rows"]
         gap = r["other document"]["answer_nll"] - r["own document"]["answer_nll"]
-        t = res.get("timing", {})
-        per_step = t["fit_seconds"] / t["steps"] if t.get("steps") else float("nan")
-        lines.append(f"| {arm} | {gap:.3f} | {r['own document']['em']:.3f} | {per_step:.1f} | {t.get('steps', '-')} |")
+        t = res.get("timing") or {}
+        per_step = f"{t['fit_seconds'] / t['steps']:.1f}" if t.get("steps") else "-"
+        lines.append(f"| {arm} | {data} | {gap:.3f} | {r['own document']['em']:.3f} | {res['cosine']:.3f} | "
+                     f"{per_step} | {t.get('steps', '-')} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/specificity", help="results folder (data, runs, table)")
-    p.add_argument("--arm", action="append", required=True, help="a `hyperprag train` config (repeat)")
+    p.add_argument("--arm", action="append", default=[], help="a `hyperprag train` config to fit and test (repeat)")
+    p.add_argument("--hypernet", action="append", default=[], help="NAME=FOLDER: a trained hypernetwork to test")
+    p.add_argument("--eval", action="append", default=[], help="a folder with corpus.jsonl + questions.jsonl "
+                   "(repeat; default: the key-value test documents)")
     p.add_argument("--train_docs", type=int, default=3000)
     p.add_argument("--test_docs", type=int, default=200)
     p.add_argument("--model", default="smollm2-135m")
@@ -134,14 +155,20 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(a.threads)
     out = Path(a.out)
     train_dir, test_dir = write_data(out, a.train_docs, a.test_docs)
+    eval_dirs = [Path(e) for e in a.eval] or [test_dir]
     base, tok = load_base_model(a.model)
-    results = {}
+    nets = {}
     for config in map(Path, a.arm):
-        name = config.stem
-        hypernet, timing = train_arm(config, out / name, train_dir, a.set)
-        results[name] = evaluate_arm(name, hypernet, test_dir, out, base, tok, a.batch_size)
-        results[name]["timing"] = timing
-        atomic_write_json(out / "result.json", results)
+        nets[config.stem] = train_arm(config, out / config.stem, train_dir, a.set)
+    for item in a.hypernet:
+        name, _, folder = item.partition("=")
+        nets[name] = (Path(folder), {})
+    results: dict = {}
+    for name, (hypernet, timing) in nets.items():
+        for eval_dir in eval_dirs:
+            results[(name, eval_dir.name)] = {**evaluate_arm(name, hypernet, eval_dir, out, base, tok, a.batch_size),
+                                              "timing": timing}
+            atomic_write_json(out / "result.json", {f"{k[0]} on {k[1]}": v for k, v in results.items()})
     table = format_table(results)
     atomic_write_text(out / "table.md", table + "\n")
     print(table)

@@ -166,3 +166,32 @@ def test_perceiver_state_dict_round_trip(tiny_llama, tiny_tokenizer):
         torch.testing.assert_close(a.B[m], b.B[m])
     assert count_parameters(net) == count_parameters(copy_)
     assert isinstance(OuterLoRA(_config("outer"), target_shapes(tiny_llama, spec), spec), OuterLoRA)
+
+
+def test_generated_rank_goes_through_store_and_peft(tiny_llama, tiny_tokenizer, tmp_path):
+    """A rank-6 generated adapter (2 bias + 4 document slots) is stored, read back and exported as a PEFT
+    folder that PEFT applies with the same logits as our hooks."""
+    from peft import PeftModel
+
+    from hyperprag.core.peft_io import export_peft
+    from hyperprag.core.store import AdapterStore
+
+    spec = LoraSpec(rank=6)
+    net = build_hypernet(_config(), target_shapes(tiny_llama, spec), spec)
+    randomize_b(net, std=0.5)
+    with torch.no_grad():
+        weights = net(_states(tiny_llama, tiny_tokenizer)).select(1)
+    store = AdapterStore.create(tmp_path / "store", "tiny-llama", spec, {})
+    store.put("d1", weights)
+    store.flush()
+    back = AdapterStore.open(tmp_path / "store").get("d1")
+    assert back.rank == 6
+    ids = torch.randint(4, 260, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), apply_lora(tiny_llama, spec, back):
+        ours = tiny_llama(ids).logits
+    with torch.no_grad():
+        assert (ours - tiny_llama(ids).logits).abs().max() > 1e-3
+    folder = export_peft(back, spec, tmp_path / "peft", tiny_llama, "tiny")
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(tiny_llama), str(folder)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(ids).logits, ours, atol=1e-5, rtol=0)
