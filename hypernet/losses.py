@@ -11,7 +11,7 @@ Parameter losses compare generated (student) and teacher matrices:
   ||B A||^2 = tr((B^T B)(A A^T)),  <B_1 A_1, B_2 A_2> = tr((B_1^T B_2)(A_2 A_1^T)).
 
 Function losses run the frozen base model with an adapter applied (per-example batched hooks) and take
-the LM head only at the positions that carry a loss (`select_logits`): `kl_loss` (teacher-adapted vs
+the LM head only at the positions that carry a loss (`select_logits`, hyperprag/core/lm.py): `kl_loss` (teacher-adapted vs
 student-adapted next-token distributions) and `lm_loss` (answer tokens).
 """
 
@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hyperprag.core.lm import IGNORE, next_token_logits
 from hyperprag.core.lora import LoraSpec, LoraWeights, apply_lora
-
-IGNORE = -100
 
 
 def _f(t: Tensor) -> Tensor:
@@ -100,15 +99,6 @@ def mean_offdiag(mat: Tensor) -> Tensor:
     return (mat.sum() - mat.diagonal().sum()) / (n * (n - 1))
 
 
-def output_logits(model: nn.Module, hidden: Tensor) -> Tensor:
-    """The model's LM head on selected hidden states, float32, with Gemma's final-logit softcap if any."""
-    logits = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
 def target_mask(labels: Tensor, attention_mask: Tensor | None, positions: str = "answer") -> Tensor:
     """Which positions t predict a scored token t+1: [b, t-1]; "answer" = labelled, "all" = every real pair."""
     if positions == "answer":
@@ -123,15 +113,10 @@ def target_mask(labels: Tensor, attention_mask: Tensor | None, positions: str = 
 
 def select_logits(model: nn.Module, spec: LoraSpec, weights: LoraWeights | None, input_ids: Tensor,
                   attention_mask: Tensor, select: Tensor) -> Tensor:
-    """Logits [n, V] predicting the next token at the `select`ed positions ([b, t-1]) with `weights` applied.
-
-    Position ids count real tokens only, so left- and right-padded batches give the same numbers.
-    """
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # [b, t]
+    """Logits [n, V] predicting the next token at the `select`ed positions ([b, t-1]) with `weights` applied
+    (hyperprag/core/lm.py: left- and right-padded batches give the same numbers)."""
     with apply_lora(model, spec, weights):
-        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                     position_ids=position_ids, use_cache=False).last_hidden_state  # [b, t, h]
-    return output_logits(model, hidden[:, :-1][select])
+        return next_token_logits(model, input_ids, attention_mask, select)
 
 
 def kl_loss(teacher_logits: Tensor, student_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -148,11 +133,3 @@ def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
     if targets.numel() == 0:
         return logits.sum() * 0.0
     return F.cross_entropy(logits.float(), targets)
-
-
-def per_row_nll(logits: Tensor, targets: Tensor, rows: Tensor, num_rows: int) -> Tensor:
-    """Mean token NLL of each of `num_rows` groups (e.g. documents): [num_rows] (nan where a group is empty)."""
-    nll = F.cross_entropy(logits.float(), targets, reduction="none")  # [n]
-    sums = torch.zeros(num_rows, device=nll.device, dtype=nll.dtype).index_add(0, rows, nll)
-    counts = torch.bincount(rows, minlength=num_rows).to(nll.dtype)
-    return sums / counts
