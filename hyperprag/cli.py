@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Literal
 
 from hyperprag.core.models import DEFAULT_MODEL
+from inference.modes import Mode
 
 DEFAULT_MODES = ("vanilla", "rag")
 # Choices the parser checks (a mistyped value stops at parsing with a message naming the option).
 OnError = Literal["fail", "skip"]
-Mode = Literal["vanilla", "rag", "prag", "prag-combine", "hyper", "hyper-combine"]
 RetrieverKind = Literal["bm25", "dense", "gold"]
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 StoreDtype = Literal["float32", "float16", "bfloat16"]
@@ -363,7 +363,7 @@ def ablate(config: str, out: str | None = None) -> dict:
         config: A YAML file from configs/ablation/ (its first line is the command that runs it).
         out: Results folder; default: the config's `out`.
     """
-    from hyperprag.ablate import run_ablation
+    from hyperprag.ablation.runner import run_ablation
 
     summary = run_ablation(config, out=out)
     print(f"\nresults: {summary['config']['out']} (table.md, metrics.json, plots/)")

@@ -84,7 +84,7 @@ def grid(tmp_path_factory):
     make_tiny_tokenizer().save_pretrained(base)
     _questions(root / "questions.jsonl")
     config = _config(root, base, root / "questions.jsonl", root / "results")
-    from hyperprag.ablate import run_ablation
+    from hyperprag.ablation.runner import run_ablation
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -142,7 +142,7 @@ def test_results_folder(grid):
 
 
 def test_rerun_recomputes_nothing(grid, monkeypatch):
-    from hyperprag import ablate
+    from hyperprag.ablation import runner as ablate
 
     config, out, _, summary, _ = grid
 
@@ -160,7 +160,7 @@ def test_rerun_recomputes_nothing(grid, monkeypatch):
 
 
 def test_a_lost_cell_alone_is_redone(grid, monkeypatch):
-    from hyperprag import ablate
+    from hyperprag.ablation import runner as ablate
 
     config, out, _, summary, _ = grid
     vanilla = next(c for c in summary["cells"] if c["method"] == "vanilla")
@@ -242,7 +242,7 @@ def test_shipped_configs_load(name):
 def test_bm25_topk_and_composition_cells(grid, tmp_path, monkeypatch):
     """A retriever over the pooled corpus, two top-k values and two composition rules; resume=False redoes
     every cell but reuses the trained teachers (their store is keyed by the teacher settings)."""
-    from hyperprag import ablate
+    from hyperprag.ablation import runner as ablate
     from hyperprag.ablation.config import load_config
 
     config, _, base, _, _ = grid

@@ -18,11 +18,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from hyperprag.core.data import GOLD
+from inference.modes import HYPER_MODES, MODES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-METHODS = ("vanilla", "rag", "prag", "prag-combine", "hyper", "hyper-combine")
-TEACHER_METHODS = ("prag", "prag-combine")
-HYPER_METHODS = ("hyper", "hyper-combine")
 RETRIEVERS = ("gold", "bm25", "dense")
 
 
@@ -122,7 +120,7 @@ class AblationConfig:
     """Where teachers train and questions are answered: auto (cuda if available) | cpu | cuda."""
     out: str = "runs/ablation"
     """Results folder (`hyperprag ablate --out` overrides it)."""
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(MODES))
     """Answering modes: vanilla, rag, prag, prag-combine, hyper, hyper-combine."""
     retriever: str = "gold"
     """Where a question's documents come from: gold (its own passages), bm25 or dense (over the corpus)."""
@@ -154,9 +152,9 @@ class AblationConfig:
     def __post_init__(self) -> None:
         from hyperprag.core.compose import RULES
 
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in MODES]
         if bad:
-            raise ValueError(f"methods: unknown {bad}; choose from {METHODS}")
+            raise ValueError(f"methods: unknown {bad}; choose from {MODES}")
         if self.retriever not in RETRIEVERS:
             raise ValueError(f"retriever must be one of {RETRIEVERS}, got {self.retriever!r}")
         if not self.top_k or any(k < 1 for k in self.top_k):
@@ -176,7 +174,7 @@ class AblationConfig:
             unknown = sorted(set(v.train_on or []) - set(names))
             if unknown:
                 raise ValueError(f"variant {v.name!r}: train_on names unknown datasets {unknown} (have {names})")
-        if any(m in HYPER_METHODS for m in self.methods) and not self.variants:
+        if any(m in HYPER_MODES for m in self.methods) and not self.variants:
             raise ValueError("methods hyper/hyper-combine need at least one entry in `variants`")
 
     def teacher_config(self):
