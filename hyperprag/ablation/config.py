@@ -1,20 +1,18 @@
 """The ablation grid's configuration: typed dataclasses read from one YAML file (configs/ablation/*.yaml).
 
-Every field has a one-line doc (the string under it). Loading checks names and types and names the file
-and the field of anything wrong, e.g. ``configs/ablation/small.yaml: datasets[1].limit: expected int``.
+Every field has a one-line doc (the string under it). Loading parses and type-checks with jsonargparse,
+as the rest of the command line does, and names the file, the list item and the field of anything wrong
+in one line, e.g. ``configs/ablation/small.yaml: datasets[1] (popqa): Parser key "limit": ...``.
 Relative paths are resolved against the current directory, falling back to the repository root, so
 ``../shared/data/...`` works from the repository root and from anywhere else.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from hyperprag.core.data import GOLD
@@ -239,76 +237,24 @@ def slug(text: str) -> str:
 
 # ---- loading -----------------------------------------------------------------------------------------------
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value, tp, where: str):
-    """`value` checked (and nested dataclasses built) against the annotation `tp`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for alt in typing.get_args(tp):
-            try:
-                return _convert(value, alt, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in typing.get_args(tp))}, "
-                          f"got {type(value).__name__} {value!r:.80}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: expected null")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r:.80}")
-        (item,) = typing.get_args(tp) or (typing.Any,)
-        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r:.80}")
-        return copy.deepcopy(value)
-    if is_dataclass(tp):
-        return build(tp, value, where)
-    if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
-        try:
-            return float(value)  # YAML reads 3e-4 as a string
-        except ValueError:
-            pass
-    if tp in (int, str, bool, float) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-        return value
-    if tp is typing.Any:
-        return value
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r:.80}")
+def _one_line(err: Exception) -> str:
+    """jsonargparse's indented multi-line message as one line, with `<class 'int'>` shown as `int`."""
+    return re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", " ".join(str(err).split()))
 
 
 def build(cls, data, where: str):
-    """A `cls` dataclass from a mapping, every field checked; errors name `where` and the field."""
+    """A `cls` dataclass from a mapping, parsed and type-checked by jsonargparse (nested dataclasses too),
+    then checked by its own __post_init__; any error is a ConfigError naming `where` and the field."""
+    from jsonargparse import ArgumentError, ArgumentParser
+
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; {cls.__name__} has {sorted(known)}")
-    kwargs = {}
-    for name, f in known.items():
-        sub = f"{where}.{name}" if where and not where.endswith(":") else f"{where} {name}"
-        if name not in data:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise ConfigError(f"{sub}: required field missing")
-            continue
-        kwargs[name] = _convert(data[name], hints[name], sub)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls)
     try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"{where} {err}" if where.endswith(":") else f"{where}: {err}") from err
-
-
-def _label(item: dict, i: int) -> str:
-    return f"[{i}]" + (f" ({item['name']})" if isinstance(item, dict) and "name" in item else "")
+        return cls(**parser.instantiate(parser.parse_object(data)).as_dict())
+    except (ArgumentError, ValueError, TypeError) as err:  # jsonargparse's checks, or the dataclass's own
+        raise ConfigError(f"{where}: {_one_line(err)}") from None
 
 
 def load_config(path: str | Path) -> AblationConfig:
@@ -321,13 +267,10 @@ def load_config(path: str | Path) -> AblationConfig:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of AblationConfig fields")
-    for key, cls in (("datasets", DatasetConfig), ("variants", VariantConfig)):  # name list items in errors
-        items = data.get(key)
-        if isinstance(items, list):
-            for i, item in enumerate(items):
-                if isinstance(item, dict):
-                    _ = build(cls, item, f"{path}: {key}{_label(item, i)}")
-    return build(AblationConfig, data, f"{path}:")
+        raise ConfigError(f"{path}: not valid YAML ({_one_line(err)})") from err
+    for key, cls in (("datasets", DatasetConfig), ("variants", VariantConfig)):  # name the list item in errors
+        items = data.get(key) if isinstance(data, dict) else None
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            label = f"[{i}]" + (f" ({item['name']})" if isinstance(item, dict) and "name" in item else "")
+            build(cls, item, f"{path}: {key}{label}")
+    return build(AblationConfig, data, str(path))
