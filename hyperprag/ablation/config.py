@@ -16,13 +16,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from hyperprag.core.data import GOLD
+from hyperprag.core.errors import InputError
 from inference.modes import HYPER_MODES, MODES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RETRIEVERS = ("gold", "bm25", "dense")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A bad ablation config; the message names the file and the field."""
 
 

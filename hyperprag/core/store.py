@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from hyperprag.core.errors import InputError
 from hyperprag.core.io import atomic_write_json
 from hyperprag.core.lora import LoraSpec, LoraWeights, target_shapes
 
@@ -44,7 +45,7 @@ STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
 
-class StoreError(Exception):
+class StoreError(InputError):
     """Any problem with an adapter store; the message names the file involved."""
 
 
