@@ -21,9 +21,9 @@ from pathlib import Path
 from hyperprag.core.data import load_corpus, load_questions, write_jsonl
 from hyperprag.core.io import atomic_write_json, atomic_write_text
 from hyperprag.core.models import load_base_model
+from hyperprag.core.paths import config_path
 from hyperprag.demo import demo_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STAGES = 5
 
 
@@ -52,8 +52,9 @@ def shipped_teacher(model: str) -> Path | None:
 
 # The training path's recipe: the CPU-sized teacher on the first TRAIN_DOCS demo training documents (a few
 # minutes on a 2-core CPU for a 135M-270M model), then the shipped checkpoint's Lightning config.
-TEACHER_SETTINGS = REPO_ROOT / "configs" / "teacher" / "cpu.yaml"
-HYPERNET_CONFIG = REPO_ROOT / "configs" / "hypernet" / "smollm2_demo.yaml"
+# Both ship inside the package (hyperprag/core/paths.py), so this works from an installed wheel too.
+TEACHER_SETTINGS = "teacher/cpu.yaml"
+HYPERNET_CONFIG = "hypernet/smollm2_demo.yaml"
 TRAIN_DOCS = 16
 
 
@@ -66,12 +67,12 @@ def train_demo_hypernet(model: str, out: Path, limit: int = TRAIN_DOCS) -> Path:
     corpus = out / "train-corpus.jsonl"
     write_jsonl(corpus, list(load_corpus(demo_dir() / "train" / "corpus.jsonl"))[:limit])
     teacher_store, aug_cache = out / "teacher", out / "augment"
-    summary = train_corpus(model, corpus, teacher_store, TeacherConfig.from_yaml(TEACHER_SETTINGS),
+    summary = train_corpus(model, corpus, teacher_store, TeacherConfig.from_yaml(config_path(TEACHER_SETTINGS)),
                            augment="rules", augment_cache=aug_cache)
     print(f"      teacher: {summary['trained']} documents trained in {summary['seconds']:.0f}s "
           f"({summary['skipped_existing']} already there)", flush=True)
     root = out / "hypernet-train"
-    run_train(["--config", str(HYPERNET_CONFIG), "--model.base_model", model, "--data.corpus", str(corpus),
+    run_train(["--config", str(config_path(HYPERNET_CONFIG)), "--model.base_model", model, "--data.corpus", str(corpus),
                "--data.teacher_store", str(teacher_store), "--data.augmentations", str(aug_cache),
                "--data.embedding_cache_dir", str(out / "embeddings"), "--trainer.default_root_dir", str(root),
                "--trainer.logger.class_path", "pytorch_lightning.loggers.CSVLogger",
@@ -102,7 +103,7 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = 
         stage(2, f"training teacher LoRAs and the hypernetwork for {model} (no shipped checkpoint or --train)")
         ckpt = train_demo_hypernet(model, out_dir)
     else:
-        shown = ckpt.resolve().relative_to(REPO_ROOT) if ckpt.resolve().is_relative_to(REPO_ROOT) else ckpt
+        shown = ckpt.resolve().relative_to(Path.cwd()) if ckpt.resolve().is_relative_to(Path.cwd()) else ckpt
         stage(2, f"using the hypernetwork {shown}")
 
     stage(3, f"parameterizing {len(unseen_docs)} unseen documents with the hypernetwork")

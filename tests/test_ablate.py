@@ -235,9 +235,10 @@ def test_overlapping_split_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["small", "gpu"])
 def test_shipped_configs_load(name):
-    from hyperprag.ablation.config import REPO_ROOT, expand_variants, load_config
+    from hyperprag.ablation.config import expand_variants, load_config
+    from hyperprag.core.paths import CONFIGS
 
-    path = REPO_ROOT / "configs" / "ablation" / f"{name}.yaml"
+    path = CONFIGS / "ablation" / f"{name}.yaml"
     assert path.read_text().splitlines()[0] == f"# hyperprag ablate --config configs/ablation/{name}.yaml"
     cfg = load_config(path)
     assert cfg.teacher_config().rank == 2 and expand_variants(cfg.variants)

@@ -3,8 +3,9 @@
 Every field has a one-line doc (the string under it). Loading parses and type-checks with jsonargparse,
 as the rest of the command line does, and names the file, the list item and the field of anything wrong
 in one line, e.g. ``configs/ablation/small.yaml: datasets[1] (popqa): Parser key "limit": ...``.
-Relative paths are resolved against the current directory, falling back to the repository root, so
-``../shared/data/...`` works from the repository root and from anywhere else.
+Relative paths are resolved against the current directory, falling back to the folder that holds
+configs/ (hyperprag/core/paths.py), so ``../shared/data/...`` works from the repository root and from
+anywhere else, and ``configs/teacher/cpu.yaml`` also from an installed package.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 
 from hyperprag.core.data import GOLD
 from hyperprag.core.errors import InputError
+from hyperprag.core.paths import resolve_path
 from inference.modes import HYPER_MODES, MODES
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 RETRIEVERS = ("gold", "bm25", "dense")
 
 
@@ -216,15 +217,6 @@ def expand_variants(variants: list[VariantConfig]) -> list[Variant]:
 
 
 # ---- paths, hashing, slugs ------------------------------------------------------------------------------
-
-def resolve_path(path: str | Path) -> Path:
-    """An absolute path: as given if absolute or present from here, else under the repository root."""
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p.resolve()
-    repo = REPO_ROOT / p
-    return repo.resolve() if repo.exists() else p.resolve()
-
 
 def stable_hash(obj, n: int = 10) -> str:
     """A short hex digest of a JSON-able object (key order does not matter)."""

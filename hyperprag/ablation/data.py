@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from hyperprag.ablation.config import ConfigError, DatasetConfig, resolve_path
+from hyperprag.ablation.config import ConfigError, DatasetConfig
 from hyperprag.core.data import (
     Document,
     Question,
@@ -25,6 +25,7 @@ from hyperprag.core.data import (
     pool_corpus,
     unique_by_content,
 )
+from hyperprag.core.paths import resolve_path
 
 
 @dataclass

@@ -43,7 +43,6 @@ from hyperprag.ablation.config import (
     Variant,
     expand_variants,
     load_config,
-    resolve_path,
     slug,
     stable_hash,
 )
@@ -56,6 +55,7 @@ from hyperprag.ablation.data import (
 )
 from hyperprag.core.data import Document, write_jsonl
 from hyperprag.core.io import atomic_write_json, atomic_write_text
+from hyperprag.core.paths import resolve_path
 from inference.modes import HYPER_MODES, TEACHER_MODES
 
 log = logging.getLogger(__name__)
