@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from hyperprag.core.data import Document, Question
+from hyperprag.core.data import Document, Question, content_hash
 from hyperprag.core.lora import LoraSpec, LoraWeights
 from hyperprag.core.models import DEFAULT_MODEL, EMBEDDED, load_base_model, model_id, resolve_model_path
 
@@ -30,7 +30,7 @@ def as_document(doc: DocumentLike) -> Document:
         return doc
     if not isinstance(doc, str):
         raise TypeError(f"a document must be a hyperprag Document or a string, got {type(doc).__name__}")
-    return Document(Document("", "", doc).content_hash, "", doc)
+    return Document(content_hash("", doc), "", doc)
 
 
 def as_question(q: QuestionLike, i: int) -> Question:

@@ -29,13 +29,19 @@ def other_document_map(doc_ids: Sequence[str], seed: int = 0) -> dict[str, str]:
     return {a: order[(i + 1) % len(order)] for i, a in enumerate(order)}
 
 
+def own_document(question: Question, index: Mapping[tuple[str, str], str]) -> str | None:
+    """The id of the question's own document: its first passage's, in a corpus_index; None if absent."""
+    p = question.passages[0] if question.passages else None
+    return None if p is None else index.get((p.title, p.text))
+
+
 def own_documents(questions: Sequence[Question], docs: Mapping[str, Document]) -> list[str]:
-    """The id in `docs` of each question's first passage (matched by content); a KeyError names a question
-    whose passage is not there."""
+    """The id in `docs` of each question's own document (`own_document`); a KeyError names a question whose
+    passage is not there."""
     index = corpus_index(docs.values())
     out = []
     for q in questions:
-        doc_id = index.get((q.passages[0].title, q.passages[0].text)) if q.passages else None
+        doc_id = own_document(q, index)
         if doc_id is None:
             raise KeyError(f"question {q.id!r}: its first passage is not among the {len(docs)} checked documents")
         out.append(doc_id)

@@ -107,11 +107,3 @@ def training_documents(datasets: list[DatasetInputs], train_on: list[str] | None
         for d in picked:
             out.setdefault(d.id, d)
     return list(out.values())
-
-
-def own_document(q: Question, corpus_ids: set[str]) -> str | None:
-    """The question's first gold passage's document id, if it is in the corpus."""
-    if not q.passages:
-        return None
-    h = q.passages[0].content_hash
-    return h if h in corpus_ids else None

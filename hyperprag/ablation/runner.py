@@ -50,7 +50,6 @@ from hyperprag.ablation.data import (
     DatasetInputs,
     evaluated_passage_hashes,
     load_dataset,
-    own_document,
     training_documents,
 )
 from hyperprag.core.data import Document, write_jsonl
@@ -220,9 +219,12 @@ class Ablation:
         return self._retrieved[key]
 
     def own_documents(self, name: str) -> set[str]:
+        from hyperprag.core.data import corpus_index
+        from inference.checks import own_document
+
         ds = self.datasets[name]
-        ids = {d.id for d in ds.corpus}
-        return {o for q in ds.questions if (o := own_document(q, ids)) is not None}
+        index = corpus_index(ds.corpus)
+        return {o for q in ds.questions if (o := own_document(q, index)) is not None}
 
     def _cell_documents(self, cell: Cell) -> set[str]:
         if cell.kind == "specificity":
@@ -430,15 +432,16 @@ class Ablation:
 
     def run_check(self, cell: Cell) -> dict:
         """Closed-book own-vs-other-vs-no adapter check (inference/checks.py)."""
+        from hyperprag.core.data import corpus_index
         from hyperprag.core.store import AdapterStore
-        from inference.checks import specificity_check
+        from inference.checks import own_document, specificity_check
 
         ds = self.datasets[cell.dataset]
         store = self.teacher_store() if cell.method == "teacher" else \
             AdapterStore.open(self.generated_dir(cell.variant), expect_base_model=self.model)
-        corpus_ids = {d.id for d in ds.corpus}
-        questions = [q for q in ds.questions if (o := own_document(q, corpus_ids)) is not None and o in store]
-        own = {own_document(q, corpus_ids) for q in questions}
+        index = corpus_index(ds.corpus)
+        questions = [q for q in ds.questions if (o := own_document(q, index)) is not None and o in store]
+        own = {own_document(q, index) for q in questions}
         record = {**self._labels(cell), "n": len(questions), "documents": len(own),
                   "finished": datetime.now(UTC).isoformat(timespec="seconds")}
         if len(own) < 2:
