@@ -7,7 +7,8 @@ For each document a LoRA is trained (training/teacher.py) from augmentation (tra
 then the demo questions, worded differently from the passage and never in a training sequence (checked),
 are answered four ways: no adapter, the document's own adapter, another (fixed, random) document's
 adapter, and the passage in context. Reported: closed-book EM / F1 / answer-contained of a greedy
-16-token generation after the pre-fill, the mean loss per gold-answer token (teacher-forced), general
+16-token generation after the pre-fill, the gold-answer loss (inference/generate.py answer_nll: the mean
+loss per token of the answer as the teacher trains it, " {answer}.", teacher-forced), general
 questions' accuracy without / with an adapter, and training seconds per document. One JSON line per run
 is appended to --out.
 """
@@ -31,12 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hyperprag.core.data import Document, Question, corpus_index, load_corpus, load_questions, supporting_ids  # noqa: E402
-from hyperprag.core.lora import LoraSpec, LoraWeights, apply_lora  # noqa: E402
+from hyperprag.core.lora import LoraSpec, LoraWeights  # noqa: E402
 from hyperprag.core.metrics import normalize_answer, score  # noqa: E402
 from hyperprag.core.models import load_base_model  # noqa: E402
-from hyperprag.core.prompts import answer_prompt  # noqa: E402
-from training.sequences import IGNORE, Example, collate  # noqa: E402
-from training.teacher import TeacherConfig, document_examples, token_losses, train_documents  # noqa: E402
+from hyperprag.core.prompts import answer_completion, answer_prompt  # noqa: E402
+from inference.generate import answer_nll, generate  # noqa: E402
+from training.teacher import TeacherConfig, document_examples, train_documents  # noqa: E402
 
 DEMO = ROOT / "hyperprag" / "demo"
 
@@ -84,44 +85,13 @@ def load_split(split: str) -> tuple[list[Document], list[Question]]:
     return docs, questions
 
 
-@torch.no_grad()
-def generate(model, tok, prompts: list[str], spec: LoraSpec, weights: LoraWeights | None, max_new_tokens: int,
-             batch_size: int = 16) -> list[str]:
-    """Greedy continuations after each prompt; `weights` batched like `prompts` or None."""
-    outs = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        w = weights.select(slice(i, i + batch_size)) if weights is not None else None
-        with apply_lora(model, spec, w):
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        outs += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return outs
-
-
-@torch.no_grad()
-def gold_loss(model, tok, prompts: list[str], golds: list[str], spec: LoraSpec, weights: LoraWeights | None,
-              batch_size: int = 16) -> list[float]:
-    """Mean cross-entropy per token of " {gold}" after each prompt (teacher-forced)."""
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        exs = []
-        for j, (p, g) in enumerate(zip(prompts[i:i + batch_size], golds[i:i + batch_size], strict=True)):
-            p_ids, g_ids = tok(p)["input_ids"], tok(" " + g, add_special_tokens=False)["input_ids"]
-            exs.append(Example(j, "eval", p_ids + g_ids, [IGNORE] * len(p_ids) + g_ids))
-        w = weights.select(slice(i, i + batch_size)) if weights is not None else None
-        with apply_lora(model, spec, w):
-            losses, rows = token_losses(model, collate(exs, tok.pad_token_id))
-        sums = torch.zeros(len(exs)).index_add(0, rows, losses.float())
-        out += (sums / torch.bincount(rows, minlength=len(exs))).tolist()
-    return out
-
-
-def evaluate(model, tok, questions: list[Question], prompts: list[str], spec, weights, max_new_tokens: int
-             ) -> dict:
-    texts = generate(model, tok, prompts, spec, weights, max_new_tokens)
+def evaluate(model, tok, questions: list[Question], prompts: list[str], spec: LoraSpec,
+             adapters: list[LoraWeights] | None, max_new_tokens: int, batch_size: int = 16) -> dict:
+    """Greedy answers and the gold-answer loss (inference/generate.py), one adapter per prompt or none."""
+    texts = generate(model, tok, prompts, adapters, spec, max_new_tokens, batch_size)
     scores = [score(t, q) for t, q in zip(texts, questions, strict=True)]
-    losses = gold_loss(model, tok, prompts, [q.answers[0] for q in questions], spec, weights)
+    losses = answer_nll(model, tok, prompts, [answer_completion(q.answers[0]) for q in questions], adapters, spec,
+                        batch_size)
     res = {k: statistics.mean(s[k] for s in scores) for k in ("em", "f1", "contains")}
     res["gold_loss"] = statistics.mean(losses)
     res["samples"] = [(q.question, q.answers[0], t.strip()[:60]) for q, t in zip(questions, texts, strict=True)]
@@ -206,14 +176,12 @@ def main(argv: list[str] | None = None) -> dict:
     in_ctx = [answer_prompt(tok, q.question, [(docs[i].title, docs[i].text)]) for q, i in zip(qs, own_idx,
                                                                                                strict=True)]
     spec = config.spec
-    stacked = LoraWeights.stack([a for a in adapters])
     rows = {}
     if not args.skip_baselines:
         rows["none"] = evaluate(model, tok, qs, closed, spec, None, args.max_new_tokens)
-    rows["own"] = evaluate(model, tok, qs, closed, spec, stacked.select(torch.tensor(own_idx)),
-                           args.max_new_tokens)
-    rows["other"] = evaluate(model, tok, qs, closed, spec,
-                             stacked.select(torch.tensor([other[i] for i in own_idx])), args.max_new_tokens)
+    rows["own"] = evaluate(model, tok, qs, closed, spec, [adapters[i] for i in own_idx], args.max_new_tokens)
+    rows["other"] = evaluate(model, tok, qs, closed, spec, [adapters[other[i]] for i in own_idx],
+                             args.max_new_tokens)
     if not args.skip_baselines:
         rows["context"] = evaluate(model, tok, qs, in_ctx, spec, None, args.max_new_tokens)
 
@@ -224,8 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("a general evaluation question is among the anchor questions")
     g_prompts = [answer_prompt(tok, q.question) for q in general]
     g_none = evaluate(model, tok, general, g_prompts, spec, None, args.max_new_tokens)
-    g_with = evaluate(model, tok, general, g_prompts, spec,
-                      stacked.select(torch.tensor([i % len(docs) for i in range(len(general))])),
+    g_with = evaluate(model, tok, general, g_prompts, spec, [adapters[i % len(docs)] for i in range(len(general))],
                       args.max_new_tokens)
 
     final_losses = [a.meta["final_loss"] for a in adapters]

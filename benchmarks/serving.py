@@ -193,7 +193,7 @@ def bench_answer(args, base, tok, hypernet: Path, tmp: Path) -> tuple[dict, dict
     """Per-question latency (batch 1) and peak memory of every answering path; then batched vs one-by-one."""
     from hyperprag.core.store import AdapterStore
     from hyperprag.demo import load_demo_corpus, load_demo_questions
-    from inference.answer import Answerer
+    from inference.answer import Answerer, make_answerer
     from inference.generate import use_merged
     from inference.parameterize import OnTheFlySource, load_for_model, parameterize_corpus
     from inference.retrieval import build_retriever
@@ -213,9 +213,9 @@ def bench_answer(args, base, tok, hypernet: Path, tmp: Path) -> tuple[dict, dict
     on_the_fly = OnTheFlySource(hyper, encoder, by_id)
 
     def answerer(source, batch_size: int = 1) -> Answerer:
-        return Answerer(base, tok, by_id, retriever=retriever, teacher=teacher, hyper=source, top_k=args.top_k,
-                        stop_at_answer=False,  # equal work: every mode generates exactly max_new_tokens
-                        max_new_tokens=args.max_new_tokens, batch_size=batch_size)
+        return make_answerer(base, tok, by_id, retriever=retriever, teacher=teacher, hyper=source, top_k=args.top_k,
+                             stop_at_answer=False,  # equal work: every mode generates exactly max_new_tokens
+                             max_new_tokens=args.max_new_tokens, batch_size=batch_size)
 
     paths = [("vanilla", "vanilla", hyper_store), ("rag", "rag", hyper_store), ("prag (store)", "prag", hyper_store),
              ("hyper (store)", "hyper", hyper_store), ("hyper (on the fly)", "hyper", on_the_fly),

@@ -87,11 +87,11 @@ def evaluate_arm(name: str, hypernet: Path, eval_dir: Path, out: Path, base, tok
     from hypernet.token_model import generated_part
     from hyperprag.core.lora import LoraWeights
     from hyperprag.core.store import AdapterStore
-    from hyperprag.pipeline import specificity_check
-    from inference.answer import Answerer
+    from inference.answer import make_answerer
+    from inference.checks import specificity_check
     from inference.evaluate import evaluate
-    from inference.generate import answer_nll, generate
     from inference.parameterize import parameterize_corpus
+    from inference.sources import StoreSource
 
     docs = list(load_corpus(eval_dir / "corpus.jsonl"))
     questions = list(load_questions(eval_dir / "questions.jsonl"))
@@ -99,11 +99,11 @@ def evaluate_arm(name: str, hypernet: Path, eval_dir: Path, out: Path, base, tok
     stats = parameterize_corpus(hypernet, docs, run / "store", base, tok, progress=False)
     store = AdapterStore.open(run / "store")
     store.preload()
-    answerer = Answerer(base, tok, {d.id: d for d in docs}, hyper=store, top_k=1, batch_size=batch_size,
-                        max_new_tokens=16, retrieval="gold")
+    answerer = make_answerer(base, tok, docs, retriever="gold", top_k=1, hyper=store, batch_size=batch_size,
+                             max_new_tokens=16)
     metrics = evaluate(answerer, questions, ["vanilla", "rag", "hyper"], run / "eval", batch_size=batch_size,
                        with_nll=True, progress=False)
-    check = specificity_check(base, tok, questions, {d.id: d for d in docs}, store, batch_size, answer_nll, generate,
+    check = specificity_check(base, tok, questions, {d.id: d for d in docs}, StoreSource(store), batch_size,
                               known={"none": metrics["vanilla"]["all"], "own document": metrics["hyper"]["all"]})
     rows = {"passage in context (rag)": {k: metrics["rag"]["all"][k] for k in ("answer_nll", "em", "contains", "n")},
             **check}

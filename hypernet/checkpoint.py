@@ -20,6 +20,7 @@ from torch import nn
 
 from hypernet.config import EncoderSpec, HyperNetConfig
 from hypernet.model import Shapes, build_hypernet
+from hyperprag.core.errors import InputError
 from hyperprag.core.io import replace_dir
 from hyperprag.core.lora import LoraSpec, LoraWeights
 
@@ -29,7 +30,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-class HypernetCheckpointError(ValueError):
+class HypernetCheckpointError(InputError, ValueError):
     """A hypernetwork folder that cannot be read (missing or corrupt file)."""
 
 

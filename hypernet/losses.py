@@ -11,21 +11,18 @@ Parameter losses compare generated (student) and teacher matrices:
   ||B A||^2 = tr((B^T B)(A A^T)),  <B_1 A_1, B_2 A_2> = tr((B_1^T B_2)(A_2 A_1^T)).
 
 Function losses run the frozen base model with an adapter applied (per-example batched hooks) and take
-the LM head only at the positions that carry a loss (`select_logits`): `kl_loss` (teacher-adapted vs
+the LM head only at the positions that carry a loss (`select_logits`, hyperprag/core/lm.py): `kl_loss` (teacher-adapted vs
 student-adapted next-token distributions) and `lm_loss` (answer tokens).
 """
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hyperprag.core.lora import LoraSpec, LoraWeights, apply_lora
-
-IGNORE = -100
+from hyperprag.core.lm import IGNORE, next_token_logits
+from hyperprag.core.lora import LoraSpec, LoraWeights
 
 
 def _f(t: Tensor) -> Tensor:
@@ -109,15 +106,6 @@ def mean_offdiag(mat: Tensor) -> Tensor:
     return (mat.sum() - mat.diagonal().sum()) / (n * (n - 1))
 
 
-def output_logits(model: nn.Module, hidden: Tensor) -> Tensor:
-    """The model's LM head on selected hidden states, float32, with Gemma's final-logit softcap if any."""
-    logits = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
 def target_mask(labels: Tensor, attention_mask: Tensor | None, positions: str = "answer") -> Tensor:
     """Which positions t predict a scored token t+1: [b, t-1]; "answer" = labelled, "all" = every real pair."""
     if positions == "answer":
@@ -130,63 +118,12 @@ def target_mask(labels: Tensor, attention_mask: Tensor | None, positions: str = 
     raise ValueError(f"positions must be 'answer' or 'all', got {positions!r}")
 
 
-MIN_SHARED_PREFIX = 4
-"""Shortest common token prefix worth computing once per adapter instead of once per sequence."""
-
-
-def common_prefix_length(input_ids: Tensor, attention_mask: Tensor) -> int:
-    """Tokens every row of a right-padded batch starts with, leaving each row at least one token of its own."""
-    n = int(attention_mask.sum(-1).min()) - 1
-    if n < 1 or not bool(attention_mask[:, :n].all()):
-        return 0
-    differs = (input_ids[:, :n] != input_ids[:1, :n]).any(0).nonzero()  # columns where some row differs
-    return int(differs[0]) if len(differs) else n
-
-
-def decoder_hidden(model: nn.Module, spec: LoraSpec, weights: LoraWeights | None, input_ids: Tensor,
-                   attention_mask: Tensor, groups: Tensor | None = None) -> Tensor:
-    """Last hidden states [b, t, h] of the decoder with `weights` applied; gradients flow to the weights.
-
-    With `groups` ([b], the adapter of each row; `weights` then holds one adapter per group), rows that
-    share an adapter and a common token prefix (the chat template before the question) compute that prefix
-    once per adapter and attend to its cached keys and values: the same numbers as the full pass (to float
-    rounding; tested), at a fraction of the cost when a document has several questions. Position ids count
-    real tokens only, so left- and right-padded batches give the same numbers.
-    """
-    decoder = model.get_decoder()
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # [b, t]
-    if groups is not None:  # one adapter per group: rows of a group share the prefix
-        per_row = None if weights is None else weights.select(groups)
-    elif weights is None or not weights.batched:  # no adapter, or one for all rows: one group
-        per_row, groups = weights, torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-    else:  # one adapter per row, with nothing known to be shared
-        per_row = weights
-    n_prefix = common_prefix_length(input_ids, attention_mask) if groups is not None else 0
-    if n_prefix < MIN_SHARED_PREFIX:
-        with apply_lora(model, spec, per_row):
-            return decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           use_cache=False).last_hidden_state
-    used, row_group = torch.unique(groups, return_inverse=True)  # [g] group ids present, [b] row -> position
-    prefix = input_ids[:1, :n_prefix].expand(len(used), n_prefix)
-    prefix_weights = weights.select(used) if weights is not None and weights.batched else weights
-    with apply_lora(model, spec, prefix_weights):
-        head = decoder(input_ids=prefix, attention_mask=torch.ones_like(prefix),
-                       position_ids=position_ids[:1, :n_prefix].expand_as(prefix), use_cache=True)
-    cache = head.get("cache") or head.get("past_key_values")  # transformers 5 / 4 names
-    cache.batch_select_indices(row_group)  # [g, ...] -> [b, ...]; gradients flow through the indexing
-    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-    with apply_lora(model, spec, per_row):
-        tail = decoder(input_ids=input_ids[:, n_prefix:], attention_mask=attention_mask,
-                       position_ids=position_ids[:, n_prefix:], use_cache=True, **{name: cache})
-    return torch.cat([head.last_hidden_state[row_group], tail.last_hidden_state], dim=1)
-
-
 def select_logits(model: nn.Module, spec: LoraSpec, weights: LoraWeights | None, input_ids: Tensor,
                   attention_mask: Tensor, select: Tensor, groups: Tensor | None = None) -> Tensor:
-    """Logits [n, V] predicting the next token at the `select`ed positions ([b, t-1]) with `weights` applied
-    (one per row, or one per group of rows with `groups`: see `decoder_hidden`)."""
-    hidden = decoder_hidden(model, spec, weights, input_ids, attention_mask, groups)
-    return output_logits(model, hidden[:, :-1][select])
+    """Logits [n, V] predicting the next token at the `select`ed positions ([b, t-1]) with `weights` applied:
+    one adapter per row, or with `groups` ([b]) one per group of rows, whose shared chat prefix is then
+    computed once per adapter (hyperprag/core/lm.py; left- and right-padded batches give the same numbers)."""
+    return next_token_logits(model, input_ids, attention_mask, select, adapter=(spec, weights), groups=groups)
 
 
 def kl_loss(teacher_logits: Tensor, student_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -203,11 +140,3 @@ def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
     if targets.numel() == 0:
         return logits.sum() * 0.0
     return F.cross_entropy(logits.float(), targets)
-
-
-def per_row_nll(logits: Tensor, targets: Tensor, rows: Tensor, num_rows: int) -> Tensor:
-    """Mean token NLL of each of `num_rows` groups (e.g. documents): [num_rows] (nan where a group is empty)."""
-    nll = F.cross_entropy(logits.float(), targets, reduction="none")  # [n]
-    sums = torch.zeros(num_rows, device=nll.device, dtype=nll.dtype).index_add(0, rows, nll)
-    counts = torch.bincount(rows, minlength=num_rows).to(nll.dtype)
-    return sums / counts

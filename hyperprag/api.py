@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from hyperprag.core.data import Document, Question
+from hyperprag.core.data import Document, Question, content_hash
 from hyperprag.core.lora import LoraSpec, LoraWeights
 from hyperprag.core.models import DEFAULT_MODEL, EMBEDDED, load_base_model, model_id, resolve_model_path
 
@@ -30,7 +30,7 @@ def as_document(doc: DocumentLike) -> Document:
         return doc
     if not isinstance(doc, str):
         raise TypeError(f"a document must be a hyperprag Document or a string, got {type(doc).__name__}")
-    return Document(Document("", "", doc).content_hash, "", doc)
+    return Document(content_hash("", doc), "", doc)
 
 
 def as_question(q: QuestionLike, i: int) -> Question:
@@ -41,21 +41,6 @@ def as_question(q: QuestionLike, i: int) -> Question:
     return Question(f"q{i}", q, [""])
 
 
-class _HyperSource:
-    """Adapters for hyper modes: a generated store's when it has the document, else made on the fly."""
-
-    def __init__(self, spec: LoraSpec, store, on_the_fly):
-        self.spec, self.store, self.on_the_fly = spec, store, on_the_fly
-
-    def get_many(self, doc_ids: Sequence[str]) -> list[LoraWeights]:
-        stored = {i: self.store.get(i) for i in doc_ids if self.store is not None and i in self.store}
-        rest = [i for i in doc_ids if i not in stored]
-        if rest and self.on_the_fly is None:
-            raise ValueError(f"documents {rest[:3]} are not in the generated store and no hypernetwork is loaded")
-        made = dict(zip(rest, self.on_the_fly.get_many(rest), strict=True)) if rest else {}
-        return [stored[i] if i in stored else made[i] for i in doc_ids]
-
-
 class HyperPRAG:
     """A base model with its hypernetwork (and optionally an adapter store), ready to parameterize and answer."""
 
@@ -63,6 +48,7 @@ class HyperPRAG:
                  batch_size: int = 8, composition: str = "cat"):
         """`hypernet`: a LoadedHypernet with its `encoder`; `store`: an open AdapterStore; the rest go to Answerer."""
         from inference.parameterize import OnTheFlySource
+        from inference.sources import StoreSource
 
         self.model, self.tokenizer = model, tokenizer
         self.hypernet, self.encoder = hypernet, encoder
@@ -71,8 +57,9 @@ class HyperPRAG:
         generated = store is not None and (store.settings or {}).get("source") == "hypernet"
         self.teacher = None if store is None or generated else store  # teacher LoRAs: prag modes
         self._on_the_fly = None if hypernet is None else OnTheFlySource(hypernet, encoder, self.documents)
-        spec = hypernet.spec if hypernet is not None else store.spec if generated else None
-        self._hyper = None if spec is None else _HyperSource(spec, store if generated else None, self._on_the_fly)
+        # hyper modes: the generated store's adapter of a document (by id or content), else one made on the fly
+        self._hyper = StoreSource(store, self.documents, on_missing=self._on_the_fly or "raise") if generated \
+            else self._on_the_fly
 
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, hypernet: str | Path | None = None, store: str | Path | None = None,
@@ -122,7 +109,7 @@ class HyperPRAG:
         for d in docs:
             old = self.documents.get(d.id)
             if old is not None and old.content_hash != d.content_hash and self._on_the_fly is not None:
-                self._on_the_fly.cache.pop(d.id, None)  # same id, new text: its old adapter is stale
+                self._on_the_fly.forget(d.id)  # same id, new text: its old adapter is stale
             self.documents[d.id] = d
         return docs
 
@@ -135,18 +122,15 @@ class HyperPRAG:
         docs = self._add(documents)
         unique = list({d.id: d for d in docs}.values())
         adapters = generate_adapters(self.hypernet, self.encoder, unique, batch_size)
-        cache = self._on_the_fly.cache
         for d, w in zip(unique, adapters, strict=True):
             w.meta["doc_id"] = d.id
-            cache[d.id] = w  # answering reuses them instead of generating again
-        while len(cache) > self._on_the_fly.cache_size:
-            cache.popitem(last=False)
+            self._on_the_fly.remember(d.id, w)  # answering reuses them instead of generating again
         return {d.id: w for d, w in zip(unique, adapters, strict=True)}
 
     def answerer(self, documents: Sequence[DocumentLike] | None = None, retriever=None, top_k: int = 3,
                  mode: str = "hyper"):
         """The `inference.answer.Answerer` that `answer` uses (for predictions with timings and doc ids)."""
-        from inference.answer import Answerer
+        from inference.answer import make_answerer
         from inference.retrieval import build_retriever
 
         docs = self._add(documents) if documents is not None else list(self.documents.values())
@@ -155,23 +139,23 @@ class HyperPRAG:
         elif retriever is None or isinstance(retriever, str):
             if not docs:
                 raise ValueError(f"mode {mode!r} needs documents: pass documents=[...] (or a retriever)")
+            # over this call's documents only; passages and adapters may come from any document seen
             retriever = build_retriever(retriever or "bm25", list({d.id: d for d in docs}.values()))
-        return Answerer(self.model, self.tokenizer, self.documents, retriever=retriever, teacher=self.teacher,
-                        hyper=self._hyper, top_k=top_k, composition=self.composition,
-                        max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        return make_answerer(self.model, self.tokenizer, self.documents, retriever=retriever, top_k=top_k,
+                             teacher=self.teacher, hyper=self._hyper, composition=self.composition,
+                             max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
 
     def answer(self, questions: Sequence[QuestionLike], documents: Sequence[DocumentLike] | None = None,
                retriever=None, mode: str = "hyper", top_k: int = 3) -> list[str]:
-        """Short answers, one per question, in any mode of inference.answer.MODES.
+        """Short answers, one per question, in any mode of inference/modes.py.
 
         `documents` given: a `retriever` ("bm25" by default, or "dense") is built over them. Otherwise the
         documents seen so far are searched, or `retriever` is any object with `search(queries, k)` over
         documents seen before.
         """
-        from inference.answer import MODES
+        from inference.modes import check_mode
 
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        check_mode(mode)
         if isinstance(questions, str | Question):
             raise TypeError("answer takes a list of questions")
         qs = [as_question(q, i) for i, q in enumerate(questions)]
@@ -180,9 +164,11 @@ class HyperPRAG:
 
     def adapter(self, doc_id: str) -> LoraWeights:
         """A document's adapter: parameterized, generated (from a document seen before) or stored."""
-        if self._hyper is not None and (doc_id in self.documents or (self._hyper.store is not None
-                                                                      and doc_id in self._hyper.store)):
-            return self._hyper.get_many([doc_id])[0]
+        from inference.sources import StoreSource
+
+        hyper = self._hyper
+        if hyper is not None and (doc_id in self.documents or (isinstance(hyper, StoreSource) and doc_id in hyper)):
+            return hyper.get_many([doc_id])[0]
         if self.teacher is not None and doc_id in self.teacher:
             return self.teacher.get(doc_id)
         raise KeyError(f"document {doc_id!r} has no adapter: parameterize it first (or open a store holding it)")

@@ -1,6 +1,9 @@
 """The `hyperprag` console script: one verb per job, each a plain function whose signature is its interface.
 
-Heavy imports happen inside the verbs so that `hyperprag --help` answers at once.
+Heavy imports happen inside the verbs so that `hyperprag --help` answers at once. A user error (any
+hyperprag.core.errors.InputError: a bad record, an unknown model, a folder that is not a hypernetwork or
+store, a bad config) ends the script with one line, ``hyperprag: error: <message>``, and exit status 1;
+`--debug` (anywhere on the command line) or HYPERPRAG_DEBUG=1 shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from hyperprag.core.errors import InputError
 from hyperprag.core.models import DEFAULT_MODEL
+from inference.modes import Mode
 
 DEFAULT_MODES = ("vanilla", "rag")
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "HYPERPRAG_DEBUG"
 # Choices the parser checks (a mistyped value stops at parsing with a message naming the option).
 OnError = Literal["fail", "skip"]
-Mode = Literal["vanilla", "rag", "prag", "prag-combine", "hyper", "hyper-combine"]
 RetrieverKind = Literal["bm25", "dense", "gold"]
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 StoreDtype = Literal["float32", "float16", "bfloat16"]
@@ -363,7 +369,7 @@ def ablate(config: str, out: str | None = None) -> dict:
         config: A YAML file from configs/ablation/ (its first line is the command that runs it).
         out: Results folder; default: the config's `out`.
     """
-    from hyperprag.ablate import run_ablation
+    from hyperprag.ablation.runner import run_ablation
 
     summary = run_ablation(config, out=out)
     print(f"\nresults: {summary['config']['out']} (table.md, metrics.json, plots/)")
@@ -394,24 +400,35 @@ VERBS = {"demo": demo, "augment": augment, "teach": teach, "train": train, "para
 
 
 def main(argv: list[str] | None = None):
-    """Run a verb. Given `argv`, returns the verb's result (programmatic use); as the console script
-    (argv None) returns None, because the script ends with `sys.exit(main())` and any other value would
-    be printed to stderr with exit status 1."""
+    """Run a verb. Given `argv`, returns the verb's result (programmatic use; errors propagate); as the
+    console script (argv None) returns None, because the script ends with `sys.exit(main())` and any other
+    value would be printed to stderr with exit status 1, and a user error ends it with one line."""
     as_script = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != DEBUG_FLAG]
     _setup()
+    try:
+        result = _dispatch(argv)
+    except InputError as err:
+        if not as_script or debug:
+            raise
+        print(f"hyperprag: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    return None if as_script else result
+
+
+def _dispatch(argv: list[str]):
     if argv and argv[0] == "train":  # Lightning owns this verb's parser (fit/validate, trainer options)
         from training.hypernet_cli import run_train
 
-        result = run_train(argv[1:])
-    elif argv and argv[0] == "ablate":  # auto_cli drops a parameter named `config` (its own option's name)
-        result = _run_ablate(argv[1:])
-    else:
-        from jsonargparse import auto_cli
+        return run_train(argv[1:])
+    if argv and argv[0] == "ablate":  # auto_cli drops a parameter named `config` (its own option's name)
+        return _run_ablate(argv[1:])
+    from jsonargparse import auto_cli
 
-        result = auto_cli(VERBS, args=argv,
-                          description="hyperprag: parametric RAG with per-document and generated LoRAs")
-    return None if as_script else result
+    return auto_cli(VERBS, args=argv, description="hyperprag: parametric RAG with per-document and generated "
+                    f"LoRAs (add {DEBUG_FLAG} to see the traceback of an error)")
 
 
 if __name__ == "__main__":

@@ -15,18 +15,15 @@ Stages, each announced on one line:
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
-from hyperprag.core.data import Question, load_corpus, load_questions, write_jsonl
+from hyperprag.core.data import load_corpus, load_questions, write_jsonl
 from hyperprag.core.io import atomic_write_json, atomic_write_text
-from hyperprag.core.metrics import score
 from hyperprag.core.models import load_base_model
-from hyperprag.core.prompts import answer_completion, answer_prompt
+from hyperprag.core.paths import config_path
 from hyperprag.demo import demo_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STAGES = 5
 
 
@@ -55,8 +52,9 @@ def shipped_teacher(model: str) -> Path | None:
 
 # The training path's recipe: the CPU-sized teacher on the first TRAIN_DOCS demo training documents (a few
 # minutes on a 2-core CPU for a 135M-270M model), then the shipped checkpoint's Lightning config.
-TEACHER_SETTINGS = REPO_ROOT / "configs" / "teacher" / "cpu.yaml"
-HYPERNET_CONFIG = REPO_ROOT / "configs" / "hypernet" / "smollm2_demo.yaml"
+# Both ship inside the package (hyperprag/core/paths.py), so this works from an installed wheel too.
+TEACHER_SETTINGS = "teacher/cpu.yaml"
+HYPERNET_CONFIG = "hypernet/smollm2_demo.yaml"
 TRAIN_DOCS = 16
 
 
@@ -69,12 +67,12 @@ def train_demo_hypernet(model: str, out: Path, limit: int = TRAIN_DOCS) -> Path:
     corpus = out / "train-corpus.jsonl"
     write_jsonl(corpus, list(load_corpus(demo_dir() / "train" / "corpus.jsonl"))[:limit])
     teacher_store, aug_cache = out / "teacher", out / "augment"
-    summary = train_corpus(model, corpus, teacher_store, TeacherConfig.from_yaml(TEACHER_SETTINGS), augment="rules",
-                           augment_cache=aug_cache)
+    summary = train_corpus(model, corpus, teacher_store, TeacherConfig.from_yaml(config_path(TEACHER_SETTINGS)),
+                           augment="rules", augment_cache=aug_cache)
     print(f"      teacher: {summary['trained']} documents trained in {summary['seconds']:.0f}s "
           f"({summary['skipped_existing']} already there)", flush=True)
     root = out / "hypernet-train"
-    run_train(["--config", str(HYPERNET_CONFIG), "--model.base_model", model, "--data.corpus", str(corpus),
+    run_train(["--config", str(config_path(HYPERNET_CONFIG)), "--model.base_model", model, "--data.corpus", str(corpus),
                "--data.teacher_store", str(teacher_store), "--data.augmentations", str(aug_cache),
                "--data.embedding_cache_dir", str(out / "embeddings"), "--trainer.default_root_dir", str(root),
                "--trainer.logger.class_path", "pytorch_lightning.loggers.CSVLogger",
@@ -82,19 +80,12 @@ def train_demo_hypernet(model: str, out: Path, limit: int = TRAIN_DOCS) -> Path:
     return root / "hypernet"
 
 
-def _other_document_map(doc_ids: list[str], seed: int = 0) -> dict[str, str]:
-    """Each document paired with a different one (a fixed derangement), for the specificity check."""
-    order = sorted(doc_ids)
-    random.Random(seed).shuffle(order)
-    return {a: order[(i + 1) % len(order)] for i, a in enumerate(order)}
-
-
 def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = False, batch_size: int = 40,
              hypernet: str | None = None, teacher: str | None = None, max_new_tokens: int = 16) -> dict:
     """Run the main job and print its table; writes predictions, metrics.json and table.md under `out`."""
-    from inference.answer import Answerer
+    from inference.answer import make_answerer
+    from inference.checks import general_check, own_documents, specificity_check
     from inference.evaluate import evaluate, format_table
-    from inference.generate import answer_nll, generate
     from inference.parameterize import parameterize_corpus
 
     started = time.perf_counter()
@@ -112,7 +103,7 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = 
         stage(2, f"training teacher LoRAs and the hypernetwork for {model} (no shipped checkpoint or --train)")
         ckpt = train_demo_hypernet(model, out_dir)
     else:
-        shown = ckpt.resolve().relative_to(REPO_ROOT) if ckpt.resolve().is_relative_to(REPO_ROOT) else ckpt
+        shown = ckpt.resolve().relative_to(Path.cwd()) if ckpt.resolve().is_relative_to(Path.cwd()) else ckpt
         stage(2, f"using the hypernetwork {shown}")
 
     stage(3, f"parameterizing {len(unseen_docs)} unseen documents with the hypernetwork")
@@ -132,18 +123,19 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = 
     teacher_store = AdapterStore.open(teacher_dir, expect_base_model=model) if teacher_dir else None
     modes = ["vanilla", "rag", "hyper", "hyper-combine"]
     prag_questions = []
+    unseen = {x.id: x for x in unseen_docs}
     if teacher_store is not None:
         teacher_store.preload()
         modes[2:2] = ["prag", "prag-combine"]
-        by_content = {(x.title, x.text): x.id for x in unseen_docs}
-        prag_questions = [q for q in questions if _doc_of(q, by_content) in teacher_store]
+        prag_questions = [q for q, own in zip(questions, own_documents(questions, unseen), strict=True)
+                          if own in teacher_store]
     stage(4, f"answering {len(questions)} questions about the unseen documents in {len(modes)} modes"
              + (f" (prag: the {len(prag_questions)} whose document has a teacher LoRA)" if prag_questions
                 else " (no teacher LoRAs for them: no prag rows)"))
     # Each question is asked with its own document (gold retrieval): the table measures what the weights
     # carry, not the retriever.
-    answerer = Answerer(base, tok, {x.id: x for x in all_docs}, hyper=store, teacher=teacher_store, top_k=1,
-                        batch_size=batch_size, max_new_tokens=max_new_tokens, retrieval="gold")
+    answerer = make_answerer(base, tok, all_docs, retriever="gold", top_k=1, hyper=store, teacher=teacher_store,
+                             batch_size=batch_size, max_new_tokens=max_new_tokens)
     # the gold-answer loss in the closed-book modes (the own-vs-other check's rows); in the in-context modes
     # it would cost a second pass over every passage
     closed_book = [m for m in modes if m in ("vanilla", "prag", "hyper")]
@@ -151,20 +143,17 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = 
                        progress=False, subsets={m: prag_questions for m in modes if m.startswith("prag")})
 
     stage(5, "own-document vs other-document adapters, and general questions")
-    unseen = {x.id: x for x in unseen_docs}
-    check = specificity_check(base, tok, questions, unseen, store, batch_size, answer_nll, generate,
-                              known={"none": metrics["vanilla"]["all"], "own document": metrics["hyper"]["all"]},
-                              max_new_tokens=max_new_tokens)
-    sources = {"hypernetwork": store}
+    check = specificity_check(base, tok, questions, unseen, store, batch_size, max_new_tokens,
+                              known={"none": metrics["vanilla"]["all"], "own document": metrics["hyper"]["all"]})
+    sources = {"hypernetwork": (store, store.ids())}
     if prag_questions:
-        sources["teacher"] = teacher_store
+        sources["teacher"] = (teacher_store, teacher_store.ids())
         check = {f"generated: {k}" if k != "none" else k: v for k, v in check.items()}
         taught = {k: v for k, v in unseen.items() if k in teacher_store}  # "other" is another taught document
-        teacher_check = specificity_check(base, tok, prag_questions, taught, teacher_store, batch_size, answer_nll,
-                                          generate, known={"own document": metrics["prag"]["all"]},
-                                          max_new_tokens=max_new_tokens, skip=("none",))
+        teacher_check = specificity_check(base, tok, prag_questions, taught, teacher_store, batch_size, max_new_tokens,
+                                          known={"own document": metrics["prag"]["all"]}, skip=("none",))
         check.update({f"teacher: {k}": v for k, v in teacher_check.items()})
-    general_rows = general_check(base, tok, general, sources, batch_size, generate, max_new_tokens)
+    general_rows = general_check(base, tok, general, sources, batch_size, max_new_tokens)
     elapsed = time.perf_counter() - started
     table = format_table(metrics)
     spec_table = "\n".join(["| adapter | answer_nll | em | contains | n |", "|---|---|---|---|---|"] +
@@ -181,61 +170,6 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = 
     atomic_write_json(out_dir / "result.json", result)
     atomic_write_text(out_dir / "table.md", report)
     return result
-
-
-def _doc_of(question: Question, by_content: dict[tuple[str, str], str]) -> str:
-    p = question.passages[0]
-    return by_content[(p.title, p.text)]
-
-
-def specificity_check(base, tok, questions, docs, store, batch_size, answer_nll, generate,
-                      known: dict[str, dict] | None = None, max_new_tokens: int = 16,
-                      skip: tuple[str, ...] = ()) -> dict[str, dict]:
-    """Closed-book gold-answer loss / EM with own, another and no document adapter.
-
-    `known` rows ("none", "own document") already measured elsewhere (with answer_nll, em, contains, n)
-    are taken as given instead of being recomputed; rows named in `skip` are left out.
-    """
-    from hyperprag.core.metrics import extract_answer
-
-    by_content = {(x.title, x.text): x.id for x in docs.values()}
-    own_ids = [_doc_of(q, by_content) for q in questions]
-    other = _other_document_map(list(docs))
-    prompts = [answer_prompt(tok, q.question) for q in questions]
-    completions = [answer_completion(q.answers[0]) for q in questions]
-    rows = {k: {m: v[m] for m in ("answer_nll", "em", "contains", "n")} for k, v in (known or {}).items()}
-    for name, ids in (("none", None), ("own document", own_ids), ("other document", [other[i] for i in own_ids])):
-        if name in rows or name in skip:
-            continue
-        adapters = None if ids is None else store.get_many(ids)
-        nll = answer_nll(base, tok, prompts, completions, adapters, store.spec, batch_size)
-        raw = generate(base, tok, prompts, adapters, store.spec, max_new_tokens, batch_size, stop_at_answer=True)
-        scores = [score(extract_answer(r), q) for r, q in zip(raw, questions, strict=True)]
-        rows[name] = {"answer_nll": sum(nll) / len(nll), "em": sum(s["em"] for s in scores) / len(scores),
-                      "contains": sum(s["contains"] for s in scores) / len(scores), "n": len(questions)}
-    return {k: rows[k] for k in ("none", "own document", "other document") if k in rows}
-
-
-def general_check(base, tok, general, sources: dict, batch_size, generate, max_new_tokens: int = 16
-                  ) -> dict[str, float]:
-    """Share of general questions still answered with no adapter, and under each source's adapters (a name ->
-    adapter store mapping): general question i gets the source's i-th document adapter (cycling), so a
-    dozen questions check a dozen different adapters in one batched pass."""
-    from hyperprag.core.metrics import extract_answer
-
-    prompts = [answer_prompt(tok, q.question) for q in general]
-
-    def contains(adapters, spec) -> float:
-        raw = generate(base, tok, prompts, adapters, spec, max_new_tokens, batch_size, stop_at_answer=True)
-        return sum(score(extract_answer(r), q)["contains"] for r, q in zip(raw, general, strict=True)) / len(general)
-
-    rows = {"no adapter": contains(None, None)}
-    for name, store in sources.items():
-        ids = sorted(store.ids())
-        used = [ids[i % len(ids)] for i in range(len(general))]
-        rows[f"with {name} document adapters ({len(set(used))} different)"] = \
-            contains(store.get_many(used), store.spec)
-    return rows
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from hyperprag.core.data import Document, Loaded, Question, load_corpus, load_questions, pool_corpus
-from hyperprag.core.models import DEFAULT_MODEL, load_base_model, model_id
+from hyperprag.core.models import DEFAULT_MODEL, load_base_model
 
 log = logging.getLogger(__name__)
 MAX_CHARS = 20000
@@ -69,29 +69,24 @@ def build_answerer(docs: list[Document], model: str = DEFAULT_MODEL, dtype: str 
                    retriever: str = "bm25", index: str | None = None, top_k: int = 3, store: str | None = None,
                    hypernet: str | None = None, composition: str = "cat", max_new_tokens: int = 20,
                    batch_size: int = 8, loaded=None):
-    """An `Answerer` over `docs`; `loaded` reuses an already loaded (model, tokenizer)."""
-    from inference.answer import Answerer
-    from inference.retrieval import build_retriever, load_retriever
+    """The command line's `Answerer` over `docs`, from names and paths: the base model, a saved retrieval
+    index, a teacher store, a hypernetwork or generated store (each checked against the model before
+    anything is answered). `loaded` reuses an already loaded (model, tokenizer)."""
+    from inference.answer import make_answerer
 
     base, tokenizer = loaded if loaded is not None else load_base_model(model, dtype=dtype)
-    ret, mode = None, "retriever"
-    if retriever == "gold":
-        mode = "gold"
-    elif index:
-        ret = load_retriever(index)
-    elif retriever != "none" and docs:
-        ret = build_retriever(retriever, docs)
-    teacher = hyper = None
+    if index and retriever != "gold":
+        from inference.retrieval import load_retriever
+
+        retriever = load_retriever(index)
+    teacher = None
     if store:
         from hyperprag.core.store import AdapterStore
 
-        teacher = AdapterStore.open(store, expect_base_model=model)
-        check_store_fits(teacher, base)
-    if hypernet:
-        hyper = load_hyper_source(hypernet, base, tokenizer, docs, model)
-    return Answerer(base, tokenizer, {d.id: d for d in docs}, retriever=ret, teacher=teacher, hyper=hyper,
-                    top_k=top_k, composition=composition, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    retrieval=mode)
+        teacher = AdapterStore.open(store, expect_base_model=model).check_fits(base)
+    hyper = load_hyper_source(hypernet, base, tokenizer, docs, model) if hypernet else None
+    return make_answerer(base, tokenizer, docs, retriever=retriever, top_k=top_k, teacher=teacher, hyper=hyper,
+                         composition=composition, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def load_hyper_source(path: str, base, tokenizer, docs: list[Document], model_name: str):
@@ -99,36 +94,7 @@ def load_hyper_source(path: str, base, tokenizer, docs: list[Document], model_na
     if (Path(path) / "manifest.json").exists():
         from hyperprag.core.store import AdapterStore
 
-        generated = AdapterStore.open(path, expect_base_model=model_name)
-        check_store_fits(generated, base)
-        return generated
+        return AdapterStore.open(path, expect_base_model=model_name).check_fits(base)
     from inference.parameterize import OnTheFlySource
 
     return OnTheFlySource.from_checkpoint(path, base, tokenizer, docs)
-
-
-def check_store_fits(store, base) -> None:
-    """Refuse, before anything is answered, a store whose adapters cannot apply to `base`: target modules the
-    model lacks, other layer counts or sizes, tensors of another rank than the manifest's, unreadable shards."""
-    from hyperprag.core.lora import target_shapes
-    from hyperprag.core.store import StoreError
-
-    name = model_id(base)
-    try:
-        want = target_shapes(base, store.spec)  # {m: (layers, in, out)}
-    except ValueError as err:
-        raise StoreError(f"adapter store {store.root}: its target modules {list(store.spec.target_modules)} do "
-                         f"not fit base model {name!r} ({err})") from None
-    store.verify()
-    if not len(store):
-        return
-    first = store.ids()[0]
-    w = store.get(first)
-    have = {m: (w.A[m].shape[0], w.A[m].shape[2], w.B[m].shape[1]) for m in store.spec.target_modules}
-    if have != want:
-        raise StoreError(f"adapter store {store.root}: adapter {first!r} has shapes {have} (module: (layers, in, "
-                         f"out)) but base model {name!r} needs {want}; the store was made for another model")
-    ranks = {w.A[m].shape[1] for m in have} | {w.B[m].shape[2] for m in have}
-    if ranks != {store.spec.rank}:
-        raise StoreError(f"adapter store {store.root}: adapter {first!r} has rank {sorted(ranks)} but its "
-                         f"manifest says rank {store.spec.rank} ({store.root / 'manifest.json'})")

@@ -1,42 +1,28 @@
-"""Answering modes: where the knowledge comes from for each question.
+"""Answering questions in any mode (inference/modes.py): where each question's documents come from
+(`Retrieval`), which adapters apply (inference/sources.py), one batched generation.
 
-| mode          | passages in prompt | adapters applied                                   |
-|---------------|--------------------|----------------------------------------------------|
-| vanilla       | no                 | none                                               |
-| rag           | top-k              | none                                               |
-| prag          | no                 | teacher LoRAs of the top-k documents, composed     |
-| prag-combine  | top-k              | teacher LoRAs of the top-k documents, composed     |
-| hyper         | no                 | hypernetwork LoRAs of the top-k documents          |
-| hyper-combine | top-k              | hypernetwork LoRAs of the top-k documents          |
-
-"top-k" documents come from a retriever, or with `retrieval="gold"` from the question's own passages.
+"top-k" documents come from a retriever, or with gold retrieval from the question's own passages, found in
+the corpus by their content. `make_answerer` is the one way to build an `Answerer` from a retriever choice.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from hyperprag.core.compose import compose
-from hyperprag.core.data import Document, Question
+from hyperprag.core.data import Document, Question, corpus_index, supporting_ids
 from hyperprag.core.lora import LoraSpec, LoraWeights
 from hyperprag.core.metrics import extract_answer
 from hyperprag.core.prompts import answer_completion, answer_prompt
+from hyperprag.core.store import AdapterStore
 from inference.generate import answer_nll, generate
+from inference.modes import ADAPTER_MODES, MODES, PASSAGE_MODES, TEACHER_MODES, check_mode
+from inference.sources import AdapterSource, as_source
 
-MODES = ("vanilla", "rag", "prag", "prag-combine", "hyper", "hyper-combine")
-PASSAGE_MODES = {"rag", "prag-combine", "hyper-combine"}
-ADAPTER_SOURCE = {"prag": "teacher", "prag-combine": "teacher", "hyper": "hyper", "hyper-combine": "hyper"}
-
-
-class AdapterSource(Protocol):
-    """Anything that returns one adapter per document id: a store, or a hypernetwork on the fly."""
-
-    spec: LoraSpec
-
-    def get_many(self, doc_ids: Sequence[str]) -> list[LoraWeights]: ...
+__all__ = ["MODES", "Answerer", "Prediction", "Retrieval", "make_answerer"]
 
 
 class Retriever(Protocol):
@@ -57,56 +43,75 @@ class Prediction:
 
 
 @dataclass
+class Retrieval:
+    """Where each question's top-k documents come from: a retriever over `corpus`, or (`gold`) the question's
+    own passages, matched to corpus documents by content."""
+
+    corpus: Mapping[str, Document]
+    retriever: Retriever | None = None
+    top_k: int = 3
+    gold: bool = False
+    _index: dict[tuple[str, str], str] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = corpus_index(self.corpus.values())
+
+    def documents_for(self, questions: Sequence[Question]) -> list[list[str]]:
+        """Top-k document ids per question."""
+        if self.gold:
+            return [[i for p in q.passages if (i := self._index.get((p.title, p.text))) is not None][: self.top_k]
+                    for q in questions]
+        if self.retriever is None:
+            raise ValueError("this mode needs a retriever (or gold retrieval)")
+        hits = self.retriever.search([q.question for q in questions], self.top_k)
+        return [[doc_id for doc_id, _ in h] for h in hits]
+
+    def supporting(self, question: Question) -> list[str]:
+        """Corpus ids of the question's supporting passages that the corpus holds (the gold set of recall@k)."""
+        return list(dict.fromkeys(supporting_ids(question, self._index, strict=False)))
+
+
+@dataclass
 class Answerer:
-    """Answers questions in any mode over one corpus."""
+    """Answers questions in any mode over one corpus. Build it with `make_answerer`; stores given as
+    `teacher` or `hyper` are read through inference/sources.py's StoreSource (documents found by content)."""
 
     model: object
     tokenizer: object
-    corpus: dict[str, Document]
+    corpus: Mapping[str, Document]
     retriever: Retriever | None = None
-    teacher: AdapterSource | None = None
-    hyper: AdapterSource | None = None
+    teacher: AdapterSource | AdapterStore | None = None
+    hyper: AdapterSource | AdapterStore | None = None
     top_k: int = 3
     composition: str = "cat"
     max_new_tokens: int = 20
     batch_size: int = 8
     retrieval: str = "retriever"  # "retriever" or "gold"
     stop_at_answer: bool = True  # end generation once the extracted answer is final (same answers, faster)
-    _by_content: dict[tuple[str, str], str] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._by_content = {(d.title, d.text): d.id for d in self.corpus.values()}
+        self.teacher, self.hyper = as_source(self.teacher, self.corpus), as_source(self.hyper, self.corpus)
+        self.finder = Retrieval(self.corpus, self.retriever, self.top_k, self.retrieval == "gold")
 
     def documents_for(self, questions: Sequence[Question]) -> list[list[str]]:
         """Top-k document ids per question, from the retriever or the questions' own passages."""
-        if self.retrieval == "gold":
-            out = []
-            for q in questions:
-                ids = [self._by_content.get((p.title, p.text)) for p in q.passages]
-                out.append([i for i in ids if i is not None][: self.top_k])
-            return out
-        if self.retriever is None:
-            raise ValueError("this mode needs a retriever (or retrieval='gold')")
-        hits = self.retriever.search([q.question for q in questions], self.top_k)
-        return [[doc_id for doc_id, _ in h] for h in hits]
+        return self.finder.documents_for(questions)
 
     def supporting(self, question: Question) -> list[str]:
         """Corpus ids of the question's supporting passages that the corpus holds (the gold set of recall@k)."""
-        ids = [self._by_content.get((p.title, p.text)) for p in question.passages if p.supporting]
-        return list(dict.fromkeys(i for i in ids if i is not None))
+        return self.finder.supporting(question)
 
     def _source(self, mode: str) -> AdapterSource:
-        source = self.teacher if ADAPTER_SOURCE[mode] == "teacher" else self.hyper
+        teacher = mode in TEACHER_MODES
+        source = self.teacher if teacher else self.hyper
         if source is None:
-            kind = "a teacher adapter store (--store)" if ADAPTER_SOURCE[mode] == "teacher" else \
-                "a hypernetwork (--hypernet) or a generated store"
+            kind = "a teacher adapter store (--store)" if teacher else "a hypernetwork (--hypernet) or a generated store"
             raise ValueError(f"mode {mode!r} needs {kind}")
         return source
 
     def prompts_and_adapters(self, questions: Sequence[Question], mode: str
                              ) -> tuple[list[str], list[LoraWeights | None], list[list[str]], LoraSpec | None]:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        check_mode(mode)
         doc_ids = self.documents_for(questions) if mode != "vanilla" else [[] for _ in questions]
         prompts = []
         for q, ids in zip(questions, doc_ids, strict=True):
@@ -114,7 +119,7 @@ class Answerer:
             prompts.append(answer_prompt(self.tokenizer, q.question, passages, q.options))
         adapters: list[LoraWeights | None] = [None] * len(questions)
         spec = None
-        if mode in ADAPTER_SOURCE:
+        if mode in ADAPTER_MODES:
             source = self._source(mode)
             spec = source.spec
             unique = sorted({i for ids in doc_ids for i in ids})
@@ -136,3 +141,27 @@ class Answerer:
         return [Prediction(q.id, mode, extract_answer(r), r, ids, seconds,
                            len(self.tokenizer(p, add_special_tokens=False)["input_ids"]), n)
                 for q, r, ids, p, n in zip(questions, raw, doc_ids, prompts, nll, strict=True)]
+
+
+def make_answerer(model, tokenizer, documents: Iterable[Document] | Mapping[str, Document],
+                  retriever: str | Retriever | None = "bm25", top_k: int = 3,
+                  teacher: AdapterSource | AdapterStore | None = None, hyper: AdapterSource | AdapterStore | None = None,
+                  composition: str = "cat", max_new_tokens: int = 20, batch_size: int = 8, **options) -> Answerer:
+    """An Answerer over `documents` (a list, or a mapping by id, taken as is).
+
+    `retriever`: "gold" (each question's own passages), "bm25" or "dense" (built over `documents`; none
+    when there are none), "none" or None (vanilla only), or any object with `search(queries, k)`.
+    `options`: further Answerer fields (stop_at_answer).
+    """
+    corpus = documents if isinstance(documents, Mapping) else {d.id: d for d in documents}
+    gold = retriever == "gold"
+    if isinstance(retriever, str) and not gold:
+        if retriever == "none" or not corpus:
+            retriever = None
+        else:
+            from inference.retrieval import build_retriever
+
+            retriever = build_retriever(retriever, list(corpus.values()))
+    return Answerer(model, tokenizer, corpus, retriever=None if gold else retriever, teacher=teacher, hyper=hyper,
+                    top_k=top_k, composition=composition, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    retrieval="gold" if gold else "retriever", **options)

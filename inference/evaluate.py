@@ -91,23 +91,22 @@ def evaluate(answerer: Answerer, questions: Sequence[Question], modes: Sequence[
         todo = [q for q in asked if q.id not in done]
         if done:
             log.info("%s: %d of %d questions already answered, resuming", mode, len(done), len(questions))
-        bar = tqdm(total=len(asked), initial=len(asked) - len(todo), desc=f"eval {mode}", disable=not progress,
-                   unit="q", dynamic_ncols=True)
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            preds = answerer.answer(batch, mode, with_nll=mode in nll_modes)
-            recs = []
-            for p in preds:
-                rec = asdict(p)
-                rec["scores"] = score(p.prediction, by_id[p.id])
-                gold_docs = answerer.supporting(by_id[p.id])
-                if p.doc_ids and gold_docs:  # retrieval quality of the documents this mode used
-                    rec["scores"]["recall"] = recall_at_k(p.doc_ids, gold_docs)
-                rec["gold"] = by_id[p.id].answers
-                recs.append(rec)
-            append_jsonl(path, recs)
-            bar.update(len(batch))
-        bar.close()
+        with tqdm(total=len(asked), initial=len(asked) - len(todo), desc=f"eval {mode}", disable=not progress,
+                  unit="q", dynamic_ncols=True) as bar:  # closed (the line ended) even when answering fails
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                preds = answerer.answer(batch, mode, with_nll=mode in nll_modes)
+                recs = []
+                for p in preds:
+                    rec = asdict(p)
+                    rec["scores"] = score(p.prediction, by_id[p.id])
+                    gold_docs = answerer.supporting(by_id[p.id])
+                    if p.doc_ids and gold_docs:  # retrieval quality of the documents this mode used
+                        rec["scores"]["recall"] = recall_at_k(p.doc_ids, gold_docs)
+                    rec["gold"] = by_id[p.id].answers
+                    recs.append(rec)
+                append_jsonl(path, recs)
+                bar.update(len(batch))
         wanted = {q.id for q in asked}
         records = [r for r in read_jsonl_records(path) if r["id"] in wanted]
         all_metrics[mode] = aggregate(records, by_id)

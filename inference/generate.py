@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from hyperprag.core.lm import IGNORE, per_row_nll, target_logits
 from hyperprag.core.lora import LoraSpec, LoraWeights, apply_lora, merged_lora
 from hyperprag.core.metrics import answer_is_final
 
@@ -118,7 +119,8 @@ def answer_nll(model, tokenizer, prompts: Sequence[str], completions: Sequence[s
     """Mean negative log-likelihood per completion token given each prompt (teacher forcing).
 
     This is the gold-answer loss: far more sensitive than exact match to whether an adapter carries a
-    document's facts on a small model.
+    document's facts on a small model. Prompts are tokenized as `generate` tokenizes them (without special
+    tokens: a prompt carries its own BOS, hyperprag/core/prompts.py), left-padded like generation.
     """
     _check_adapters(prompts, adapters, spec)
     results: list[float] = []
@@ -128,28 +130,14 @@ def answer_nll(model, tokenizer, prompts: Sequence[str], completions: Sequence[s
         c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions[start:start + batch_size]]
         seqs = [p + c for p, c in zip(p_ids, c_ids, strict=True)]
         width = max(len(s) for s in seqs)
-        pad = tokenizer.pad_token_id
-        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        input_ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
         attn = torch.zeros((len(seqs), width), dtype=torch.long)
-        labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+        labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
         for i, (s, c) in enumerate(zip(seqs, c_ids, strict=True)):  # left padding, like generation
             input_ids[i, width - len(s):] = torch.tensor(s)
             attn[i, width - len(s):] = 1
             labels[i, width - len(c):] = torch.tensor(c)
-        weights = _slice(adapters, start, start + len(seqs))
-        # left padding puts every completion in the last `keep` positions: the LM head runs only there
-        keep = max(len(c) for c in c_ids) + 1
-        with _adapter_context(model, spec, weights):
-            logits = model(input_ids=input_ids.to(device), attention_mask=attn.to(device),
-                           logits_to_keep=keep).logits  # [b, keep, V]
-        results.extend(_mean_token_nll(logits.float(), labels[:, -keep:].to(device)).tolist())
+        with _adapter_context(model, spec, _slice(adapters, start, start + len(seqs))):
+            logits, targets, rows = target_logits(model, input_ids.to(device), labels.to(device), attn.to(device))
+        results.extend(per_row_nll(logits, targets, rows, len(seqs)).tolist())
     return results
-
-
-def _mean_token_nll(logits: Tensor, labels: Tensor) -> Tensor:
-    """logits [b, t, V], labels [b, t] (-100 = ignore) -> mean NLL of each row's labelled tokens [b]."""
-    shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-    nll = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100,
-                                            reduction="none")  # [b, t-1]
-    mask = (shift_labels != -100).float()
-    return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)

@@ -71,7 +71,8 @@ def generate_adapters(hyper: LoadedHypernet, encoder: DocumentEncoder, docs: Seq
 
 
 class OnTheFlySource:
-    """Adapter source that runs the hypernetwork at question time (no store), with an LRU cache."""
+    """Adapter source that runs the hypernetwork at question time (no store), with an LRU cache of the
+    last `cache_size` adapters by document id (inference/sources.py: the adapter-source family)."""
 
     def __init__(self, hyper: LoadedHypernet, encoder: DocumentEncoder, corpus: dict[str, Document],
                  cache_size: int = 4096):
@@ -85,17 +86,25 @@ class OnTheFlySource:
         hyper, encoder = load_for_model(folder, base, tokenizer)
         return cls(hyper, encoder, {d.id: d for d in docs})
 
-    def get_many(self, doc_ids: Sequence[str]) -> list[LoraWeights]:
-        missing = [i for i in dict.fromkeys(doc_ids) if i not in self.cache]
-        if missing:
-            for doc_id, w in zip(missing, generate_adapters(self.hyper, self.encoder,
-                                                             [self.corpus[i] for i in missing]), strict=True):
-                self.cache[doc_id] = w
-        for i in doc_ids:
-            self.cache.move_to_end(i)
+    def remember(self, doc_id: str, weights: LoraWeights) -> None:
+        """Cache an adapter generated for `doc_id` (most recently used; the oldest beyond cache_size go)."""
+        self.cache[doc_id] = weights
+        self.cache.move_to_end(doc_id)
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
-        return [self.cache[i] for i in doc_ids]
+
+    def forget(self, doc_id: str) -> None:
+        """Drop a cached adapter (its document's text changed), so the next request generates it anew."""
+        self.cache.pop(doc_id, None)
+
+    def get_many(self, doc_ids: Sequence[str]) -> list[LoraWeights]:
+        missing = [i for i in dict.fromkeys(doc_ids) if i not in self.cache]
+        made = dict(zip(missing, generate_adapters(self.hyper, self.encoder, [self.corpus[i] for i in missing]),
+                        strict=True)) if missing else {}
+        out = [made[i] if i in made else self.cache[i] for i in doc_ids]
+        for i, w in zip(doc_ids, out, strict=True):  # in use order: the last one used is the most recent
+            self.remember(i, w)
+        return out
 
 
 def parameterize_corpus(hypernet: str | Path, docs: Sequence[Document], store: str | Path, base, tokenizer,
@@ -124,7 +133,7 @@ def parameterize_corpus(hypernet: str | Path, docs: Sequence[Document], store: s
             adapters = generate_adapters(hyper, encoder, chunk, batch_size, timing)
             t0 = time.perf_counter()
             for d, w in zip(chunk, adapters, strict=True):
-                st.put(d.id, w)
+                st.put(d.id, w, {"content_hash": d.content_hash})  # found by content, too
             st.flush()  # one shard per batch: a kill loses at most the batch in flight
             timing.write += time.perf_counter() - t0
             bar.update(len(chunk))

@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from hyperprag.core.data import Document
+from hyperprag.core.errors import InputError
 from hyperprag.core.io import atomic_write_json
 
 META = "meta.json"
@@ -26,7 +27,7 @@ def _checked_query(queries: list[str], k: int, n_docs: int) -> tuple[list[str], 
     queries = list(queries)
     return queries, min(int(k), n_docs) if queries else 0
 
-class RetrieverError(ValueError):
+class RetrieverError(InputError, ValueError):
     """A retriever folder that is missing, incomplete or not ours; the message names the folder."""
 
 

@@ -39,6 +39,16 @@ def make_tiny_tokenizer():
     return tokenizer
 
 
+def make_bos_tokenizer():
+    """The tiny tokenizer as Gemma-3 base behaves: no chat template, and a BOS the tokenizer adds itself."""
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.chat_template = None
+    tokenizer._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return tokenizer
+
+
 def _finish(model, name: str):
     model.eval()
     model.requires_grad_(False)

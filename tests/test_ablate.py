@@ -84,7 +84,7 @@ def grid(tmp_path_factory):
     make_tiny_tokenizer().save_pretrained(base)
     _questions(root / "questions.jsonl")
     config = _config(root, base, root / "questions.jsonl", root / "results")
-    from hyperprag.ablate import run_ablation
+    from hyperprag.ablation.runner import run_ablation
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -142,7 +142,7 @@ def test_results_folder(grid):
 
 
 def test_rerun_recomputes_nothing(grid, monkeypatch):
-    from hyperprag import ablate
+    from hyperprag.ablation import runner as ablate
 
     config, out, _, summary, _ = grid
 
@@ -160,7 +160,7 @@ def test_rerun_recomputes_nothing(grid, monkeypatch):
 
 
 def test_a_lost_cell_alone_is_redone(grid, monkeypatch):
-    from hyperprag import ablate
+    from hyperprag.ablation import runner as ablate
 
     config, out, _, summary, _ = grid
     vanilla = next(c for c in summary["cells"] if c["method"] == "vanilla")
@@ -204,7 +204,7 @@ def test_config_errors_name_file_and_field(tmp_path):
 
     path = tmp_path / "bad.yaml"
     path.write_text("datasets:\n  - {name: a, questions: q.jsonl, limit: many}\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: datasets\[0\] \(a\)\.limit: expected int or NoneType"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: datasets\[0\] \(a\): Parser key \"limit\".*\[int, NoneType\].*Given value: many$"):
         load_config(path)
     path.write_text("datasets: [{name: a, questions: q.jsonl}]\nmethods: [vanilla, magic]\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: .*unknown \['magic'\]"):
@@ -215,6 +215,10 @@ def test_config_errors_name_file_and_field(tmp_path):
     path.write_text("datasets: [{name: a, questions: q.jsonl}]\nvariants: [{name: v, train_on: [b]}]\n")
     with pytest.raises(ConfigError, match=r"train_on names unknown datasets \['b'\]"):
         load_config(path)
+    path.write_text("datasets: [{name: a, questions: q.jsonl}]\nmethods: [vanilla]\nbatch_sise: 4\n")
+    with pytest.raises(ConfigError, match=r"^\S*bad.yaml: .*'batch_sise' is not accepted") as err:
+        load_config(path)
+    assert "\n" not in str(err.value)  # one line, as the command line prints it
 
 
 def test_overlapping_split_is_refused(tmp_path):
@@ -231,9 +235,10 @@ def test_overlapping_split_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["small", "gpu"])
 def test_shipped_configs_load(name):
-    from hyperprag.ablation.config import REPO_ROOT, expand_variants, load_config
+    from hyperprag.ablation.config import expand_variants, load_config
+    from hyperprag.core.paths import CONFIGS
 
-    path = REPO_ROOT / "configs" / "ablation" / f"{name}.yaml"
+    path = CONFIGS / "ablation" / f"{name}.yaml"
     assert path.read_text().splitlines()[0] == f"# hyperprag ablate --config configs/ablation/{name}.yaml"
     cfg = load_config(path)
     assert cfg.teacher_config().rank == 2 and expand_variants(cfg.variants)
@@ -242,7 +247,7 @@ def test_shipped_configs_load(name):
 def test_bm25_topk_and_composition_cells(grid, tmp_path, monkeypatch):
     """A retriever over the pooled corpus, two top-k values and two composition rules; resume=False redoes
     every cell but reuses the trained teachers (their store is keyed by the teacher settings)."""
-    from hyperprag import ablate
+    from hyperprag.ablation import runner as ablate
     from hyperprag.ablation.config import load_config
 
     config, _, base, _, _ = grid

@@ -63,3 +63,105 @@ def test_plot_writes_a_png_beside_the_csv(tmp_path, capsys):
     assert result["png"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["summary"]["val/lm"] == {"first": 3.0, "last": 2.5, "last_step": 19}
     assert "val/lm_other" in capsys.readouterr().out
+
+
+# ---- user errors: one line on stderr, non-zero exit; --debug shows the traceback -------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tests.conftest import make_tiny_llama, make_tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("cli") / "tiny-model"
+    make_tiny_llama().save_pretrained(folder)
+    make_tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _script(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run `hyperprag ARGS` as the console script does (argv from sys.argv); (exit status, stderr)."""
+    monkeypatch.setattr("sys.argv", ["hyperprag", *args])
+    capsys.readouterr()  # what earlier commands printed
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    return exit_.value.code, capsys.readouterr().err
+
+
+def test_a_malformed_jsonl_line_is_one_line_with_file_and_line(tmp_path, monkeypatch, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "a", "title": "A", "text": "Some text."}\n{"id": "b", "title": "B", "text": \n')
+    code, err = _script(monkeypatch, capsys, "index", str(corpus), str(tmp_path / "index"))
+    assert code == 1 and err.startswith(f"hyperprag: error: {corpus}, line 2: ") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_debug_flag_and_variable_show_the_traceback(tmp_path, monkeypatch, capsys):
+    from hyperprag.core.data import DataError
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("not json\n")
+    with pytest.raises(DataError, match="line 1"):
+        _script(monkeypatch, capsys, "index", str(corpus), str(tmp_path / "index"), "--debug")
+    monkeypatch.setenv("HYPERPRAG_DEBUG", "1")
+    with pytest.raises(DataError, match="line 1"):
+        _script(monkeypatch, capsys, "index", str(corpus), str(tmp_path / "index"))
+
+
+def test_an_unknown_model_name_is_one_line(monkeypatch, capsys):
+    code, err = _script(monkeypatch, capsys, "ask", "Who?", "--model", "no-such-model-xyz")
+    assert code == 1 and err.startswith("hyperprag: error: ") and "no-such-model-xyz" in err
+    assert err.count("\n") == 1
+
+
+def test_a_folder_that_is_not_a_hypernetwork_is_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    not_a_hypernet = tmp_path / "empty"
+    not_a_hypernet.mkdir()
+    code, err = _script(monkeypatch, capsys, "eval", str(FIXTURES / "questions.jsonl"), "--modes", "[hyper]",
+                        "--retriever", "gold", "--model", str(tiny_model_dir), "--hypernet", str(not_a_hypernet),
+                        "--out", str(tmp_path / "eval"))
+    assert code == 1 and err.startswith("hyperprag: error: ") and str(not_a_hypernet) in err
+    assert err.count("\n") == 1
+
+
+def test_a_folder_that_is_not_a_store_is_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    code, err = _script(monkeypatch, capsys, "eval", str(FIXTURES / "questions.jsonl"), "--modes", "[prag]",
+                        "--retriever", "gold", "--model", str(tiny_model_dir), "--store", str(tmp_path),
+                        "--out", str(tmp_path / "eval"))
+    assert code == 1 and err == f"hyperprag: error: {tmp_path / 'manifest.json'} does not exist: {tmp_path} is " \
+        "not an adapter store (make one with AdapterStore.create)\n"
+
+
+def test_gold_passages_find_the_adapters_teach_made_from_the_corpus(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """`teach corpus.jsonl store`, then `eval questions.jsonl --retriever gold --store store` without --corpus:
+    the pooled passages get other ids (p0, p1, ...), and find their adapters by content; the numbers equal
+    an evaluation with --corpus. A store without content hashes gives a one-line error naming --corpus."""
+    import json
+
+    from hyperprag.core.store import AdapterStore
+
+    questions = FIXTURES / "questions.jsonl"
+    docs = {d.content_hash: d for q in load_questions(questions) for p in q.passages
+            for d in [Document("", p.title, p.text)]}
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"doc-{i}", "title": d.title, "text": d.text}) + "\n"
+                              for i, d in enumerate(docs.values())))
+    settings = tmp_path / "teacher.yaml"
+    settings.write_text("epochs: 1\nkinds: [qa_closed]\nmax_qa: 2\nbatch_size: 2\n")
+    model = ["--model", str(tiny_model_dir)]
+    main(["teach", str(corpus), str(tmp_path / "store"), *model, "--settings", str(settings),
+          "--augment_cache", str(tmp_path / "augment")])
+    common = ["--modes", "[prag]", "--retriever", "gold", "--store", str(tmp_path / "store"), *model,
+              "--max_new_tokens", "4", "--answer_loss", "true"]
+    pooled = main(["eval", str(questions), *common, "--out", str(tmp_path / "pooled")])["prag"]["all"]
+    given = main(["eval", str(questions), *common, "--corpus", str(corpus), "--out", str(tmp_path / "given")])
+    assert pooled == {**given["prag"]["all"], "seconds_per_question": pooled["seconds_per_question"]}
+    assert pooled["answer_nll"] > 0
+
+    bare = AdapterStore.create(tmp_path / "bare", str(tiny_model_dir), AdapterStore.open(tmp_path / "store").spec)
+    teacher = AdapterStore.open(tmp_path / "store")
+    for doc_id in teacher.ids():
+        bare.put(doc_id, teacher.get(doc_id))  # no content hash in its meta
+    bare.flush()
+    code, err = _script(monkeypatch, capsys, "eval", str(questions), *common[:4], "--store", str(tmp_path / "bare"),
+                        *model, "--out", str(tmp_path / "bare-eval"))
+    last = err.split("\n")[-2]  # the progress bar ended its own line first
+    assert code == 1 and last.startswith("hyperprag: error: document 'p0'") and last.endswith("(--corpus)")

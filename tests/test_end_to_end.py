@@ -10,7 +10,7 @@ from hyperprag.core.lora import LoraSpec, init_lora, target_shapes
 from hyperprag.core.models import EMBEDDED, ModelLoadError, load_base_model
 from hyperprag.core.prompts import answer_completion, answer_prompt
 from hyperprag.demo import demo_dir
-from inference.answer import Answerer
+from inference.answer import make_answerer
 from inference.generate import answer_nll
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def test_rag_answers_from_the_passage_and_vanilla_cannot(smollm2):
     model, tok = smollm2
     docs = {d.id: d for d in load_corpus(demo_dir() / "unseen" / "corpus.jsonl")}
     qs = list(load_questions(demo_dir() / "unseen" / "questions.jsonl"))[:6]
-    answerer = Answerer(model, tok, docs, retrieval="gold", top_k=1, max_new_tokens=24, batch_size=6)
+    answerer = make_answerer(model, tok, docs, retriever="gold", top_k=1, max_new_tokens=24, batch_size=6)
     rag = answerer.answer(qs, "rag")
     vanilla = answerer.answer(qs, "vanilla")
     rag_hits = sum(contains_answer(p.prediction, q.answers) for p, q in zip(rag, qs, strict=True))

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from hyperprag.core.data import Document
+from hyperprag.core.lm import IGNORE  # the label of a position without loss
 from hyperprag.core.prompts import answer_completion, answer_prompt
 
 QA_KINDS = ("qa_passage", "qa_rewrite", "qa_closed")
@@ -65,7 +66,6 @@ LM_KINDS = ("lm_passage", "lm_rewrite")
 ALL_KINDS = QA_KINDS + LM_KINDS
 ANSWER_STYLES = ("short", "full")
 ANCHOR_LOSSES = ("ce", "kl")
-IGNORE = -100  # label of a position that carries no loss (torch cross_entropy's ignore_index)
 
 
 @dataclass(frozen=True)

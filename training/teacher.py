@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from hyperprag.core.data import Document
 from hyperprag.core.fields import from_known_fields
+from hyperprag.core.lm import target_logits
 from hyperprag.core.lora import FFN_MODULES, LoraSpec, LoraWeights, apply_lora, init_lora, target_shapes
 from hyperprag.core.shards import parse_shard, shard_of  # noqa: F401  (re-exported for callers)
 from training.sequences import (
@@ -211,25 +212,6 @@ def document_plan(num_examples: int, config: TeacherConfig) -> list[list[int]]:
     return plan
 
 
-def _output_logits(model: nn.Module, hidden: Tensor) -> Tensor:
-    """The LM head on selected hidden states, as the model's forward computes it (incl. Gemma softcap)."""
-    logits = model.get_output_embeddings()(hidden)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-def _target_logits(model: nn.Module, input_ids: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits at every target position ([n, V], row-major) and the batch row of each ([n])."""
-    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state  # [b, t, h]
-    sel = labels[:, 1:] != IGNORE  # [b, t-1]: token t+1 is predicted at position t
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(sel)[sel]
-    return _output_logits(model, hidden[:, :-1][sel]), rows
-
-
 def token_losses(model: nn.Module, batch: dict[str, Tensor], kl_rows: Tensor | None = None,
                  base_logprobs: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Loss of every target token ([n]) and the batch row it belongs to ([n]).
@@ -240,9 +222,8 @@ def token_losses(model: nn.Module, batch: dict[str, Tensor], kl_rows: Tensor | N
     causal attention never lets a real token see padding. The LM head runs only on target positions
     (answer-only loss needs a few tokens per sequence instead of the full vocabulary at every position).
     """
-    logits, rows = _target_logits(model, batch["input_ids"], batch["labels"])
-    shift = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits, shift[shift != IGNORE], reduction="none")
+    logits, targets, rows = target_logits(model, batch["input_ids"], batch["labels"])
+    loss = F.cross_entropy(logits, targets, reduction="none")
     if kl_rows is not None and base_logprobs is not None:
         on = kl_rows[rows]  # [n]
         kl = F.kl_div(F.log_softmax(logits[on], -1), base_logprobs, log_target=True, reduction="none").sum(-1)
@@ -253,7 +234,7 @@ def token_losses(model: nn.Module, batch: dict[str, Tensor], kl_rows: Tensor | N
 @torch.no_grad()
 def base_target_logprobs(model: nn.Module, batch: dict[str, Tensor], rows: Tensor) -> Tensor:
     """The base model's log-probabilities at the target positions of batch rows `rows` ([b] bool): [n_kl, V]."""
-    logits, _ = _target_logits(model, batch["input_ids"][rows], batch["labels"][rows])
+    logits, _, _ = target_logits(model, batch["input_ids"][rows], batch["labels"][rows])
     return F.log_softmax(logits, -1)
 
 

@@ -1,1 +1,1 @@
-"""The ablation grid (`hyperprag ablate`): its config, dataset inputs and report; hyperprag/ablate.py runs it."""
+"""The ablation grid (`hyperprag ablate`): its config, dataset inputs, runner and report."""

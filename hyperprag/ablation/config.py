@@ -1,32 +1,30 @@
 """The ablation grid's configuration: typed dataclasses read from one YAML file (configs/ablation/*.yaml).
 
-Every field has a one-line doc (the string under it). Loading checks names and types and names the file
-and the field of anything wrong, e.g. ``configs/ablation/small.yaml: datasets[1].limit: expected int``.
-Relative paths are resolved against the current directory, falling back to the repository root, so
-``../shared/data/...`` works from the repository root and from anywhere else.
+Every field has a one-line doc (the string under it). Loading parses and type-checks with jsonargparse,
+as the rest of the command line does, and names the file, the list item and the field of anything wrong
+in one line, e.g. ``configs/ablation/small.yaml: datasets[1] (popqa): Parser key "limit": ...``.
+Relative paths are resolved against the current directory, falling back to the folder that holds
+configs/ (hyperprag/core/paths.py), so ``../shared/data/...`` works from the repository root and from
+anywhere else, and ``configs/teacher/cpu.yaml`` also from an installed package.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from hyperprag.core.data import GOLD
+from hyperprag.core.errors import InputError
+from hyperprag.core.paths import resolve_path
+from inference.modes import HYPER_MODES, MODES
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-METHODS = ("vanilla", "rag", "prag", "prag-combine", "hyper", "hyper-combine")
-TEACHER_METHODS = ("prag", "prag-combine")
-HYPER_METHODS = ("hyper", "hyper-combine")
 RETRIEVERS = ("gold", "bm25", "dense")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A bad ablation config; the message names the file and the field."""
 
 
@@ -122,7 +120,7 @@ class AblationConfig:
     """Where teachers train and questions are answered: auto (cuda if available) | cpu | cuda."""
     out: str = "runs/ablation"
     """Results folder (`hyperprag ablate --out` overrides it)."""
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(MODES))
     """Answering modes: vanilla, rag, prag, prag-combine, hyper, hyper-combine."""
     retriever: str = "gold"
     """Where a question's documents come from: gold (its own passages), bm25 or dense (over the corpus)."""
@@ -154,9 +152,9 @@ class AblationConfig:
     def __post_init__(self) -> None:
         from hyperprag.core.compose import RULES
 
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in MODES]
         if bad:
-            raise ValueError(f"methods: unknown {bad}; choose from {METHODS}")
+            raise ValueError(f"methods: unknown {bad}; choose from {MODES}")
         if self.retriever not in RETRIEVERS:
             raise ValueError(f"retriever must be one of {RETRIEVERS}, got {self.retriever!r}")
         if not self.top_k or any(k < 1 for k in self.top_k):
@@ -176,7 +174,7 @@ class AblationConfig:
             unknown = sorted(set(v.train_on or []) - set(names))
             if unknown:
                 raise ValueError(f"variant {v.name!r}: train_on names unknown datasets {unknown} (have {names})")
-        if any(m in HYPER_METHODS for m in self.methods) and not self.variants:
+        if any(m in HYPER_MODES for m in self.methods) and not self.variants:
             raise ValueError("methods hyper/hyper-combine need at least one entry in `variants`")
 
     def teacher_config(self):
@@ -220,15 +218,6 @@ def expand_variants(variants: list[VariantConfig]) -> list[Variant]:
 
 # ---- paths, hashing, slugs ------------------------------------------------------------------------------
 
-def resolve_path(path: str | Path) -> Path:
-    """An absolute path: as given if absolute or present from here, else under the repository root."""
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p.resolve()
-    repo = REPO_ROOT / p
-    return repo.resolve() if repo.exists() else p.resolve()
-
-
 def stable_hash(obj, n: int = 10) -> str:
     """A short hex digest of a JSON-able object (key order does not matter)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
@@ -241,76 +230,24 @@ def slug(text: str) -> str:
 
 # ---- loading -----------------------------------------------------------------------------------------------
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value, tp, where: str):
-    """`value` checked (and nested dataclasses built) against the annotation `tp`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for alt in typing.get_args(tp):
-            try:
-                return _convert(value, alt, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in typing.get_args(tp))}, "
-                          f"got {type(value).__name__} {value!r:.80}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: expected null")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r:.80}")
-        (item,) = typing.get_args(tp) or (typing.Any,)
-        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r:.80}")
-        return copy.deepcopy(value)
-    if is_dataclass(tp):
-        return build(tp, value, where)
-    if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
-        try:
-            return float(value)  # YAML reads 3e-4 as a string
-        except ValueError:
-            pass
-    if tp in (int, str, bool, float) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-        return value
-    if tp is typing.Any:
-        return value
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r:.80}")
+def _one_line(err: Exception) -> str:
+    """jsonargparse's indented multi-line message as one line, with `<class 'int'>` shown as `int`."""
+    return re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", " ".join(str(err).split()))
 
 
 def build(cls, data, where: str):
-    """A `cls` dataclass from a mapping, every field checked; errors name `where` and the field."""
+    """A `cls` dataclass from a mapping, parsed and type-checked by jsonargparse (nested dataclasses too),
+    then checked by its own __post_init__; any error is a ConfigError naming `where` and the field."""
+    from jsonargparse import ArgumentError, ArgumentParser
+
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; {cls.__name__} has {sorted(known)}")
-    kwargs = {}
-    for name, f in known.items():
-        sub = f"{where}.{name}" if where and not where.endswith(":") else f"{where} {name}"
-        if name not in data:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise ConfigError(f"{sub}: required field missing")
-            continue
-        kwargs[name] = _convert(data[name], hints[name], sub)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls)
     try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"{where} {err}" if where.endswith(":") else f"{where}: {err}") from err
-
-
-def _label(item: dict, i: int) -> str:
-    return f"[{i}]" + (f" ({item['name']})" if isinstance(item, dict) and "name" in item else "")
+        return cls(**parser.instantiate(parser.parse_object(data)).as_dict())
+    except (ArgumentError, ValueError, TypeError) as err:  # jsonargparse's checks, or the dataclass's own
+        raise ConfigError(f"{where}: {_one_line(err)}") from None
 
 
 def load_config(path: str | Path) -> AblationConfig:
@@ -323,13 +260,10 @@ def load_config(path: str | Path) -> AblationConfig:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of AblationConfig fields")
-    for key, cls in (("datasets", DatasetConfig), ("variants", VariantConfig)):  # name list items in errors
-        items = data.get(key)
-        if isinstance(items, list):
-            for i, item in enumerate(items):
-                if isinstance(item, dict):
-                    _ = build(cls, item, f"{path}: {key}{_label(item, i)}")
-    return build(AblationConfig, data, f"{path}:")
+        raise ConfigError(f"{path}: not valid YAML ({_one_line(err)})") from err
+    for key, cls in (("datasets", DatasetConfig), ("variants", VariantConfig)):  # name the list item in errors
+        items = data.get(key) if isinstance(data, dict) else None
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            label = f"[{i}]" + (f" ({item['name']})" if isinstance(item, dict) and "name" in item else "")
+            build(cls, item, f"{path}: {key}{label}")
+    return build(AblationConfig, data, str(path))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from hyperprag.ablation.config import ConfigError, DatasetConfig, resolve_path
+from hyperprag.ablation.config import ConfigError, DatasetConfig
 from hyperprag.core.data import (
     Document,
     Question,
@@ -25,6 +25,7 @@ from hyperprag.core.data import (
     pool_corpus,
     unique_by_content,
 )
+from hyperprag.core.paths import resolve_path
 
 
 @dataclass
@@ -106,11 +107,3 @@ def training_documents(datasets: list[DatasetInputs], train_on: list[str] | None
         for d in picked:
             out.setdefault(d.id, d)
     return list(out.values())
-
-
-def own_document(q: Question, corpus_ids: set[str]) -> str | None:
-    """The question's first gold passage's document id, if it is in the corpus."""
-    if not q.passages:
-        return None
-    h = q.passages[0].content_hash
-    return h if h in corpus_ids else None

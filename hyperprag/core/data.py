@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from hyperprag.core.errors import InputError
 from hyperprag.core.io import atomic_write_text
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """A bad input record; the message names the file, the line and the field."""
 
     def __init__(self, path: str, line: int | None, field_name: str | None, problem: str):

@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from hyperprag.core.errors import InputError
+
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(InputError, ValueError):
     """A model name or path that cannot be loaded; the message lists what can."""
 
 
@@ -121,8 +123,8 @@ def _unknown_model_error(name_or_path: str, cause: Exception | None) -> ModelLoa
     names = ", ".join(f"{k} ({v.description})" for k, v in EMBEDDED.items())
     why = f": {type(cause).__name__}: {str(cause).splitlines()[0][:300]}" if cause else ""
     return ModelLoadError(
-        f"cannot load model {name_or_path!r}{why}.\n"
-        f"Pass an embedded name ({names}), a local folder with config.json, or a Hugging Face hub id "
+        f"cannot load model {name_or_path!r}{why}; "
+        f"pass an embedded name ({names}), a local folder with config.json, or a Hugging Face hub id "
         "(needs internet or a populated HF cache)."
     )
 

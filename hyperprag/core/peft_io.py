@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from hyperprag.core.errors import InputError
 from hyperprag.core.io import replace_dir
 from hyperprag.core.lora import LoraSpec, LoraWeights, find_targets
 
@@ -28,7 +29,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 
 
-class PeftFormatError(ValueError):
+class PeftFormatError(InputError, ValueError):
     """A PEFT folder this module cannot read (missing file, unsupported option, wrong shapes)."""
 
 

@@ -31,8 +31,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from hyperprag.core.errors import InputError
 from hyperprag.core.io import atomic_write_json
-from hyperprag.core.lora import LoraSpec, LoraWeights
+from hyperprag.core.lora import LoraSpec, LoraWeights, target_shapes
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
 
-class StoreError(Exception):
+class StoreError(InputError):
     """Any problem with an adapter store; the message names the file involved."""
 
 
@@ -66,6 +67,13 @@ class StoreCorruptError(StoreError):
     def __init__(self, path: Path, problem: str):
         self.path = path
         super().__init__(f"{path}: {problem}")
+
+
+class MissingAdapterError(StoreError, KeyError):
+    """A document the store has no adapter for (a KeyError too, for `except KeyError` callers)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 def canonical_dtype(dtype: str | torch.dtype) -> str:
@@ -165,6 +173,8 @@ class AdapterStore:
         self._loaded: dict[Path, dict[str, Tensor]] = {}
         self._pending: dict[str, tuple[LoraWeights, dict]] = {}
         self._shapes: dict[str, tuple[int, ...]] | None = None
+        self._by_content: dict[str, str] = {}  # content hash -> id, for the `_by_content_n` adapters seen
+        self._by_content_n = 0
         self._writer: str | None = None
         self._writer_pid: int | None = None
         self._n = 0
@@ -396,8 +406,20 @@ class AdapterStore:
         try:
             return self._entries[doc_id]
         except KeyError:
-            raise KeyError(f"document {doc_id!r} is not in adapter store {self.root} ({len(self)} adapters; "
-                           "call refresh() to see adapters other processes wrote since open)") from None
+            raise MissingAdapterError(f"document {doc_id!r} is not in adapter store {self.root} ({len(self)} "
+                                      "adapters; call refresh() to see adapters other processes wrote since "
+                                      "open)") from None
+
+    def id_for_content(self, content_hash: str) -> str | None:
+        """The id under which the store holds an adapter of a document with this content (the
+        "content_hash" its meta records; `teach` and `parameterize` write it), or None: how a passage whose
+        corpus gave it another id finds its adapter."""
+        if self._by_content_n != len(self):  # built on first use, rebuilt when adapters were added
+            self._by_content = {}
+            for doc_id in self.ids():
+                self._by_content.setdefault(self.meta(doc_id).get("content_hash"), doc_id)
+            self._by_content_n = len(self)
+        return self._by_content.get(content_hash)
 
     def _handle(self, shard: Path):
         handle = self._handles.get(shard)
@@ -475,6 +497,34 @@ class AdapterStore:
                         if f"{doc_id}/{m}/{part}" not in keys:
                             raise StoreCorruptError(shard, f"tensor '{doc_id}/{m}/{part}' listed by its index "
                                                            "is missing")
+        return self
+
+    def check_fits(self, base) -> AdapterStore:
+        """Refuse, before anything is answered, adapters that cannot apply to the model `base`: target
+        modules it lacks, other layer counts or sizes, tensors of another rank than the manifest's,
+        unreadable shards (`verify`). Returns the store."""
+        from hyperprag.core.models import model_id
+
+        name = model_id(base)
+        try:
+            want = target_shapes(base, self.spec)  # {m: (layers, in, out)}
+        except ValueError as err:
+            raise StoreError(f"adapter store {self.root}: its target modules {list(self.spec.target_modules)} do "
+                             f"not fit base model {name!r} ({err})") from None
+        self.verify()
+        if not len(self):
+            return self
+        first = self.ids()[0]
+        w = self.get(first)
+        have = {m: (w.A[m].shape[0], w.A[m].shape[2], w.B[m].shape[1]) for m in self.spec.target_modules}
+        if have != want:
+            raise StoreError(f"adapter store {self.root}: adapter {first!r} has shapes {have} (module: (layers, "
+                             f"in, out)) but base model {name!r} needs {want}; the store was made for another "
+                             "model")
+        ranks = {w.A[m].shape[1] for m in have} | {w.B[m].shape[2] for m in have}
+        if ranks != {self.spec.rank}:
+            raise StoreError(f"adapter store {self.root}: adapter {first!r} has rank {sorted(ranks)} but its "
+                             f"manifest says rank {self.spec.rank} ({self.root / MANIFEST})")
         return self
 
     def export_peft(self, doc_id: str, out_dir: str | Path, model_or_config) -> Path:

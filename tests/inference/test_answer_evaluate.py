@@ -10,7 +10,7 @@ from hyperprag.core.data import Document, Passage, Question
 from hyperprag.core.lora import LoraSpec, LoraWeights, target_shapes
 from hyperprag.core.prompts import answer_prompt
 from hyperprag.core.store import AdapterStore
-from inference.answer import MODES, Answerer
+from inference.answer import MODES, Retrieval, make_answerer
 from inference.evaluate import evaluate
 from inference.generate import generate
 
@@ -43,8 +43,8 @@ def answerer(tiny_llama, tiny_tokenizer, tmp_path):
     for i, d in enumerate(DOCS):
         store.put(d.id, adapter(tiny_llama, i))
     store.flush()
-    return Answerer(tiny_llama, tiny_tokenizer, {d.id: d for d in DOCS}, retriever=FixedRetriever(),
-                    teacher=store, hyper=store, top_k=2, max_new_tokens=6, batch_size=4)
+    return make_answerer(tiny_llama, tiny_tokenizer, DOCS, retriever=FixedRetriever(), teacher=store, hyper=store,
+                         top_k=2, max_new_tokens=6, batch_size=4)
 
 
 def test_modes_build_the_documented_prompts_and_adapters(answerer, tiny_tokenizer):
@@ -60,14 +60,16 @@ def test_modes_build_the_documented_prompts_and_adapters(answerer, tiny_tokenize
         if mode == "rag":
             assert adapters == [None, None]
         else:
-            want = compose([answerer.teacher.get("d1"), answerer.teacher.get("d2")], "cat")
+            store = answerer.teacher.store  # a store is read through a StoreSource (inference/sources.py)
+            want = compose([store.get("d1"), store.get("d2")], "cat")
             for m in want.A:
                 assert torch.equal(adapters[1].A[m], want.A[m]) and torch.equal(adapters[1].B[m], want.B[m])
 
 
-def test_gold_retrieval_uses_the_questions_own_passages(answerer):
-    answerer.retrieval = "gold"
-    assert answerer.documents_for(questions(3)) == [["d0"], ["d1"], ["d2"]]
+def test_gold_retrieval_uses_the_questions_own_passages():
+    gold = Retrieval({d.id: d for d in DOCS}, top_k=1, gold=True)  # matched by content, whatever the ids
+    assert gold.documents_for(questions(3)) == [["d0"], ["d1"], ["d2"]]
+    assert gold.supporting(questions(3)[2]) == ["d2"]
 
 
 def test_prag_answers_equal_generation_with_the_composed_adapter(answerer, tiny_llama, tiny_tokenizer):

@@ -97,3 +97,45 @@ def test_adapter_count_must_match_prompts(tiny_llama, tiny_tokenizer):
         generate(tiny_llama, tiny_tokenizer, ["a", "b"], [random_adapter(tiny_llama, 0)], SPEC)
     with pytest.raises(ValueError, match="LoraSpec"):
         generate(tiny_llama, tiny_tokenizer, ["a"], random_adapter(tiny_llama, 0), None)
+
+
+def test_one_gold_answer_loss_with_one_bos(tiny_gemma):
+    """Gemma-3 style (the tokenizer adds a BOS, the prompt text carries it): the teacher's training loss on a
+    closed-book QA sequence, answer_nll and the injection benchmark's gold loss are one computation over
+    the same tokens, with one BOS. Tokenizing the prompt with special tokens (the benchmark's old way)
+    doubles the BOS and changes the loss."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from hyperprag.core.data import Document, Question
+    from hyperprag.core.prompts import answer_completion
+    from tests.conftest import make_bos_tokenizer
+    from training.sequences import SequenceOptions, build_examples, collate
+    from training.teacher import token_losses
+
+    tok = make_bos_tokenizer()
+    doc = Document("d", "Lake Vorn", "Lake Vorn is near Tesmar.")
+    qa = [SimpleNamespace(question="Which town is near Lake Vorn?", answer="Tesmar", full_answer=None)]
+    (example,), _ = build_examples(tok, doc, SimpleNamespace(qa=qa, rewrites=[]), SequenceOptions(kinds=("qa_closed",)))
+    prompt = answer_prompt(tok, qa[0].question)
+    assert example.input_ids.count(tok.bos_token_id) == 1 and tok(prompt)["input_ids"][:2] == [1, 1]
+    with torch.no_grad():
+        losses = token_losses(tiny_gemma, collate([example], tok.pad_token_id))[0]
+    assert example.input_ids[-1] == tok.eos_token_id  # the teacher also trains the stop; answering scores the rest
+    teacher = losses[:-1].mean().item()
+    ours = answer_nll(tiny_gemma, tok, [prompt], [answer_completion("Tesmar")])[0]
+    assert ours == pytest.approx(teacher, abs=1e-5)
+
+    path = Path(__file__).parents[2] / "benchmarks" / "injection.py"
+    spec = importlib.util.spec_from_file_location("injection_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    q = Question("q", qa[0].question, ["Tesmar"])
+    assert bench.evaluate(tiny_gemma, tok, [q], [prompt], SPEC, None, 2)["gold_loss"] == pytest.approx(ours, abs=1e-6)
+    doubled = tok(prompt + answer_completion("Tesmar"))["input_ids"]  # with special tokens: BOS twice
+    with torch.no_grad():
+        logits = tiny_gemma(input_ids=torch.tensor([doubled])).logits[0]
+    n = len(tok(answer_completion("Tesmar"), add_special_tokens=False)["input_ids"])
+    old = torch.nn.functional.cross_entropy(logits[-n - 1:-1], torch.tensor(doubled[-n:])).item()
+    assert abs(old - ours) > 1e-5  # a random tiny model barely cares; Gemma-3 answered nonsense

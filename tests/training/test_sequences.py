@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from types import SimpleNamespace
 
 import pytest
 
 from hyperprag.core.data import Document
 from hyperprag.core.prompts import answer_completion, answer_prompt
+from tests.conftest import make_bos_tokenizer
 from training.sequences import IGNORE, SequenceOptions, build_examples, build_texts, collate, tokenize_text
 
 DOC = Document("d1", "Lake Vorn", "Lake Vorn lies in Tesmar. Its water is green.")
@@ -113,15 +113,11 @@ def test_max_qa_per_answer_keeps_the_first_forms():
 def test_a_tokenizer_that_adds_bos_gets_it_once_in_the_prompt_text(tiny_tokenizer):
     """Gemma-style: no chat template, BOS added by the tokenizer. The prompt text starts with the BOS, and
     the teacher's prompt ids equal what answering tokenizes (no special tokens), with exactly one BOS."""
-    from tokenizers.processors import TemplateProcessing
-
     from hyperprag.core.prompts import bos_text
 
     tok = tiny_tokenizer
     assert bos_text(tok) == "" and not answer_prompt(tok, "q?").startswith("<s>")  # template, no auto BOS
-    bos_tok = copy.deepcopy(tok)
-    bos_tok.chat_template = None
-    bos_tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    bos_tok = make_bos_tokenizer()
     assert bos_tok("a")["input_ids"][0] == bos_tok.bos_token_id == 1
     prompt = answer_prompt(bos_tok, "Where is Lake Vorn?")
     assert bos_text(bos_tok) == "<s>" and prompt.startswith("<s>Answer the question briefly.")

@@ -39,13 +39,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from hyperprag.ablation.config import (
-    HYPER_METHODS,
-    TEACHER_METHODS,
     AblationConfig,
     Variant,
     expand_variants,
     load_config,
-    resolve_path,
     slug,
     stable_hash,
 )
@@ -53,11 +50,12 @@ from hyperprag.ablation.data import (
     DatasetInputs,
     evaluated_passage_hashes,
     load_dataset,
-    own_document,
     training_documents,
 )
 from hyperprag.core.data import Document, write_jsonl
 from hyperprag.core.io import atomic_write_json, atomic_write_text
+from hyperprag.core.paths import resolve_path
+from inference.modes import HYPER_MODES, TEACHER_MODES
 
 log = logging.getLogger(__name__)
 STAGES = 6
@@ -92,32 +90,6 @@ class Cell:
         if self.composition is not None:
             parts.append(self.composition)
         return slug("-".join(parts)) + "-" + stable_hash(self.identity, 8)
-
-
-class _Source:
-    """A store as an adapter source: adapters on the answering device, and a zero adapter (the plain model)
-    for a document that has none (its teacher training failed), counted in `missing`."""
-
-    def __init__(self, store, device: str = "cpu"):
-        self.store, self.spec, self.device, self.missing = store, store.spec, device, set()
-        self._zero = None
-
-    def _zero_adapter(self):
-        from hyperprag.core.compose import zero_like
-
-        if self._zero is None:
-            self._zero = zero_like(self.store.get(self.store.ids()[0], device=self.device), self.spec.rank)
-        return self._zero
-
-    def get_many(self, doc_ids):
-        out = []
-        for d in doc_ids:
-            if d in self.store:
-                out.append(self.store.get(d, device=self.device))
-            else:
-                self.missing.add(d)
-                out.append(self._zero_adapter())
-        return out
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -192,20 +164,20 @@ class Ablation:
                 if method == "vanilla":
                     out.append(Cell("eval", name, method, identity={**ds_id, "method": method}))
                     continue
-                variants = self.variants if method in HYPER_METHODS else [None]
+                variants = self.variants if method in HYPER_MODES else [None]
                 for v in variants:
                     for k in cfg.top_k:
                         rules = cfg.compositions if method != "rag" and k > 1 else [None]
                         for rule in rules:
                             ident = {**ds_id, "method": method, "retriever": cfg.retriever, "top_k": k,
                                      "composition": rule}
-                            if method in TEACHER_METHODS:
+                            if method in TEACHER_MODES:
                                 ident["teacher"] = self.teacher_id
                             if v is not None:
                                 ident["variant"] = self._variant_ids[v.name]
                             out.append(Cell("eval", name, method, v, k, rule, ident))
             if cfg.specificity:
-                if any(m in TEACHER_METHODS for m in cfg.methods) or self.variants:
+                if any(m in TEACHER_MODES for m in cfg.methods) or self.variants:
                     out.append(Cell("specificity", name, "teacher",
                                     identity={**ds_id, "check": "specificity", "teacher": self.teacher_id}))
                 for v in self.variants:
@@ -239,18 +211,20 @@ class Ablation:
         """Document ids per evaluated question at top-k (what the cells' Answerer will use)."""
         key = (name, k)
         if key not in self._retrieved:
-            from inference.answer import Answerer
+            from inference.answer import Retrieval
 
             ds = self.datasets[name]
-            answerer = Answerer(None, None, ds.corpus_by_id, retriever=self.retriever(name), top_k=k,
-                                retrieval="gold" if self.cfg.retriever == "gold" else "retriever")
-            self._retrieved[key] = answerer.documents_for(ds.questions)
+            finder = Retrieval(ds.corpus_by_id, self.retriever(name), k, gold=self.cfg.retriever == "gold")
+            self._retrieved[key] = finder.documents_for(ds.questions)
         return self._retrieved[key]
 
     def own_documents(self, name: str) -> set[str]:
+        from hyperprag.core.data import corpus_index
+        from inference.checks import own_document
+
         ds = self.datasets[name]
-        ids = {d.id for d in ds.corpus}
-        return {o for q in ds.questions if (o := own_document(q, ids)) is not None}
+        index = corpus_index(ds.corpus)
+        return {o for q in ds.questions if (o := own_document(q, index)) is not None}
 
     def _cell_documents(self, cell: Cell) -> set[str]:
         if cell.kind == "specificity":
@@ -389,29 +363,34 @@ class Ablation:
 
     # ---- cells ---------------------------------------------------------------------------------------------
 
+    def _source(self, store):
+        """A store's adapters for this grid: on the answering device, the plain model (a zero adapter,
+        counted as missing) for a document whose teacher training failed."""
+        from inference.sources import StoreSource
+
+        return StoreSource(store, device=self.device, on_missing="zero")
+
     def _answerer(self, cell: Cell):
         from hyperprag.core.store import AdapterStore
-        from inference.answer import Answerer
+        from inference.answer import make_answerer
 
         ds = self.datasets[cell.dataset]
         base, tok = self.base()
-        teacher = _Source(self.teacher_store(), self.device) if cell.method in TEACHER_METHODS else None
+        teacher = self._source(self.teacher_store()) if cell.method in TEACHER_MODES else None
         hyper = None
-        if cell.method in HYPER_METHODS:
-            hyper = _Source(AdapterStore.open(self.generated_dir(cell.variant), expect_base_model=self.model),
-                            self.device)
-        gold = self.cfg.retriever == "gold"
-        ret = None if gold or cell.method == "vanilla" else self.retriever(cell.dataset)
-        return Answerer(base, tok, ds.corpus_by_id, retriever=ret, teacher=teacher, hyper=hyper,
-                        top_k=cell.top_k or 1, composition=cell.composition or "cat",
-                        max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
-                        retrieval="gold" if gold else "retriever")
+        if cell.method in HYPER_MODES:
+            hyper = self._source(AdapterStore.open(self.generated_dir(cell.variant), expect_base_model=self.model))
+        retriever = "gold" if self.cfg.retriever == "gold" else \
+            None if cell.method == "vanilla" else self.retriever(cell.dataset)
+        return make_answerer(base, tok, ds.corpus_by_id, retriever=retriever, teacher=teacher, hyper=hyper,
+                             top_k=cell.top_k or 1, composition=cell.composition or "cat",
+                             max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size)
 
     def _costs(self, cell: Cell, docs: set[str]) -> tuple[float | None, float | None]:
         """(offline seconds per document, bytes stored per document) of the cell's adapter source."""
         from hyperprag.core.store import AdapterStore
 
-        if cell.method in TEACHER_METHODS or (cell.kind == "specificity" and cell.method == "teacher"):
+        if cell.method in TEACHER_MODES or (cell.kind == "specificity" and cell.method == "teacher"):
             store = self.teacher_store()
             secs = [store.meta(d).get("seconds") for d in docs if d in store]
             secs = [s for s in secs if s is not None]
@@ -452,25 +431,25 @@ class Ablation:
                 "finished": datetime.now(UTC).isoformat(timespec="seconds")}
 
     def run_check(self, cell: Cell) -> dict:
-        """Closed-book own-vs-other-vs-no adapter check (hyperprag/pipeline.py specificity_check)."""
+        """Closed-book own-vs-other-vs-no adapter check (inference/checks.py)."""
+        from hyperprag.core.data import corpus_index
         from hyperprag.core.store import AdapterStore
-        from hyperprag.pipeline import specificity_check
-        from inference.generate import answer_nll, generate
+        from inference.checks import own_document, specificity_check
 
         ds = self.datasets[cell.dataset]
         store = self.teacher_store() if cell.method == "teacher" else \
             AdapterStore.open(self.generated_dir(cell.variant), expect_base_model=self.model)
-        corpus_ids = {d.id for d in ds.corpus}
-        questions = [q for q in ds.questions if (o := own_document(q, corpus_ids)) is not None and o in store]
-        own = {own_document(q, corpus_ids) for q in questions}
+        index = corpus_index(ds.corpus)
+        questions = [q for q in ds.questions if (o := own_document(q, index)) is not None and o in store]
+        own = {own_document(q, index) for q in questions}
         record = {**self._labels(cell), "n": len(questions), "documents": len(own),
                   "finished": datetime.now(UTC).isoformat(timespec="seconds")}
         if len(own) < 2:
             return {**record, "rows": {}, "skipped": "fewer than 2 documents with an adapter"}
         base, tok = self.base()
         corpus = ds.corpus_by_id
-        rows = specificity_check(base, tok, questions, {i: corpus[i] for i in sorted(own)},
-                                 _Source(store, self.device), self.cfg.batch_size, answer_nll, generate)
+        rows = specificity_check(base, tok, questions, {i: corpus[i] for i in sorted(own)}, self._source(store),
+                                 self.cfg.batch_size)
         return {**record, "rows": rows}
 
     # ---- the run -------------------------------------------------------------------------------------------
@@ -499,7 +478,7 @@ class Ablation:
         variants: dict[str, Variant] = {}
         for c in pending:
             docs = self._cell_documents(c)
-            if c.method in TEACHER_METHODS or (c.kind == "specificity" and c.method == "teacher"):
+            if c.method in TEACHER_MODES or (c.kind == "specificity" and c.method == "teacher"):
                 need_teacher |= docs
             if c.variant is not None:
                 variants[c.variant.name] = c.variant

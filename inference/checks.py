@@ -1,0 +1,102 @@
+"""Does an adapter carry its own document, and does it leave everything else alone? The two checks the
+demo (hyperprag/pipeline.py) and the ablation grid (hyperprag/ablation/runner.py) report.
+
+* `specificity_check`: closed-book gold-answer loss and exact match of each question with its own
+  document's adapter, another document's (a fixed derangement) and none. An adapter that injects its
+  document beats both; an "average" adapter gives own = other.
+* `general_check`: general-knowledge questions answered with no adapter and under many different
+  documents' adapters; an adapter should not cost the model what it already knew.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+from hyperprag.core.data import Document, Question, corpus_index
+from hyperprag.core.metrics import extract_answer, score
+from hyperprag.core.prompts import answer_completion, answer_prompt
+from inference.generate import answer_nll, generate
+from inference.sources import AdapterSource
+
+ROWS = ("none", "own document", "other document")
+
+
+def other_document_map(doc_ids: Sequence[str], seed: int = 0) -> dict[str, str]:
+    """Each document paired with a different one (a fixed derangement: a seeded cycle)."""
+    order = sorted(doc_ids)
+    random.Random(seed).shuffle(order)
+    return {a: order[(i + 1) % len(order)] for i, a in enumerate(order)}
+
+
+def own_document(question: Question, index: Mapping[tuple[str, str], str]) -> str | None:
+    """The id of the question's own document: its first passage's, in a corpus_index; None if absent."""
+    p = question.passages[0] if question.passages else None
+    return None if p is None else index.get((p.title, p.text))
+
+
+def own_documents(questions: Sequence[Question], docs: Mapping[str, Document]) -> list[str]:
+    """The id in `docs` of each question's own document (`own_document`); a KeyError names a question whose
+    passage is not there."""
+    index = corpus_index(docs.values())
+    out = []
+    for q in questions:
+        doc_id = own_document(q, index)
+        if doc_id is None:
+            raise KeyError(f"question {q.id!r}: its first passage is not among the {len(docs)} checked documents")
+        out.append(doc_id)
+    return out
+
+
+def _closed_book(model, tokenizer, questions: Sequence[Question], adapters, spec, batch_size: int,
+                 max_new_tokens: int, with_nll: bool) -> dict:
+    """Mean answer loss (if asked), EM and contains of closed-book answers under `adapters` (None: no adapter)."""
+    prompts = [answer_prompt(tokenizer, q.question) for q in questions]
+    raw = generate(model, tokenizer, prompts, adapters, spec, max_new_tokens, batch_size, stop_at_answer=True)
+    scores = [score(extract_answer(r), q) for r, q in zip(raw, questions, strict=True)]
+    row = {"em": sum(s["em"] for s in scores) / len(scores),
+           "contains": sum(s["contains"] for s in scores) / len(scores), "n": len(questions)}
+    if with_nll:
+        nll = answer_nll(model, tokenizer, prompts, [answer_completion(q.answers[0]) for q in questions], adapters,
+                         spec, batch_size)
+        row = {"answer_nll": sum(nll) / len(nll), **row}
+    return row
+
+
+def specificity_check(model, tokenizer, questions: Sequence[Question], docs: Mapping[str, Document],
+                      source: AdapterSource, batch_size: int = 8, max_new_tokens: int = 16,
+                      known: Mapping[str, Mapping] | None = None, skip: Sequence[str] = ()) -> dict[str, dict]:
+    """Rows "none", "own document", "other document": closed-book answer_nll, em, contains and n.
+
+    Each question's own document is the one of `docs` holding its first passage; "other" is another
+    document of `docs`. `known` rows already measured elsewhere (e.g. the evaluation's vanilla row) are
+    taken as given instead of being recomputed; rows named in `skip` are left out.
+    """
+    own = own_documents(questions, docs)
+    other = other_document_map(list(docs))
+    rows = {k: {m: v[m] for m in ("answer_nll", "em", "contains", "n")} for k, v in (known or {}).items()}
+    for name, ids in zip(ROWS, (None, own, [other[i] for i in own]), strict=True):
+        if name in rows or name in skip:
+            continue
+        adapters = None if ids is None else source.get_many(ids)
+        rows[name] = _closed_book(model, tokenizer, questions, adapters, source.spec, batch_size, max_new_tokens,
+                                  with_nll=True)
+    return {k: rows[k] for k in ROWS if k in rows}
+
+
+def general_check(model, tokenizer, general: Sequence[Question], sources: Mapping[str, tuple[AdapterSource, Sequence[str]]],
+                  batch_size: int = 8, max_new_tokens: int = 16) -> dict[str, float]:
+    """Share of general questions answered (contains) with no adapter, and under each named source's
+    adapters of the given document ids: question i gets the i-th document's adapter (cycling), so a
+    dozen questions check a dozen different adapters in one batched pass."""
+    def contains(adapters, spec) -> float:
+        return _closed_book(model, tokenizer, general, adapters, spec, batch_size, max_new_tokens,
+                            with_nll=False)["contains"]
+
+    rows = {"no adapter": contains(None, None)}
+    for name, (source, doc_ids) in sources.items():
+        ids = sorted(doc_ids)
+        used = [ids[i % len(ids)] for i in range(len(general))]
+        rows[f"with {name} document adapters ({len(set(used))} different)"] = \
+            contains(source.get_many(used), source.spec)
+    return rows
