@@ -105,3 +105,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def float64_norms(monkeypatch):
+    """Llama's and Gemma3's RMS norms in the input's own precision: transformers runs them in float32 even in
+    a float64 model, which hides exactness behind float32 rounding once sums are taken in another order."""
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    def llama(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    def gemma(self, x):
+        return self._norm(x) * (1.0 + self.weight)
+
+    monkeypatch.setattr(LlamaRMSNorm, "forward", llama)
+    monkeypatch.setattr(Gemma3RMSNorm, "forward", gemma)

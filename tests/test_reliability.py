@@ -688,8 +688,8 @@ def _poison_teacher(monkeypatch, at_call: int, value: float = float("nan")):
 
     real, calls = teacher.token_losses, [0]
 
-    def token_losses(model, batch, *args):
-        losses, rows = real(model, batch, *args)
+    def token_losses(model, batch, *args, **kwargs):
+        losses, rows = real(model, batch, *args, **kwargs)
         calls[0] += 1
         if calls[0] == at_call:
             losses = losses + torch.where(rows == rows.min(), torch.tensor(value), torch.tensor(0.0))

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from hyperprag.core.data import Document
 from hyperprag.core.fields import from_known_fields
 from hyperprag.core.lm import target_logits
-from hyperprag.core.lora import FFN_MODULES, LoraSpec, LoraWeights, apply_lora, init_lora, target_shapes
+from hyperprag.core.lora import FFN_MODULES, LoraSpec, LoraWeights, init_lora, target_shapes
 from hyperprag.core.shards import parse_shard, shard_of  # noqa: F401  (re-exported for callers)
 from training.sequences import (
     ANCHOR_QUESTIONS,
@@ -213,16 +213,21 @@ def document_plan(num_examples: int, config: TeacherConfig) -> list[list[int]]:
 
 
 def token_losses(model: nn.Module, batch: dict[str, Tensor], kl_rows: Tensor | None = None,
-                 base_logprobs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                 base_logprobs: Tensor | None = None, adapter: tuple[LoraSpec, LoraWeights] | None = None,
+                 groups: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Loss of every target token ([n]) and the batch row it belongs to ([n]).
 
     Cross-entropy, except in the rows flagged by `kl_rows` ([b] bool), whose targets get
     KL(base || model) against `base_logprobs` ([n_kl, V], those rows' target positions in row-major order,
-    from `base_target_logprobs`). Runs the decoder without an attention mask: batches are right-padded, so
-    causal attention never lets a real token see padding. The LM head runs only on target positions
+    from `AnchorLogprobs` or `base_target_logprobs`). The LM head runs only on target positions
     (answer-only loss needs a few tokens per sequence instead of the full vocabulary at every position).
+    With `adapter` = (spec, one adapter per document) and `groups` ([b], each row's document), the rows of a
+    document compute their shared chat prefix once (hyperprag/core/lm.py); otherwise the decoder runs
+    without an attention mask: batches are right-padded, so causal attention never lets a real token see
+    padding.
     """
-    logits, targets, rows = target_logits(model, batch["input_ids"], batch["labels"])
+    mask = batch.get("attention_mask") if groups is not None else None
+    logits, targets, rows = target_logits(model, batch["input_ids"], batch["labels"], mask, adapter, groups)
     loss = F.cross_entropy(logits, targets, reduction="none")
     if kl_rows is not None and base_logprobs is not None:
         on = kl_rows[rows]  # [n]
@@ -236,6 +241,32 @@ def base_target_logprobs(model: nn.Module, batch: dict[str, Tensor], rows: Tenso
     """The base model's log-probabilities at the target positions of batch rows `rows` ([b] bool): [n_kl, V]."""
     logits, _, _ = target_logits(model, batch["input_ids"][rows], batch["labels"][rows])
     return F.log_softmax(logits, -1)
+
+
+class AnchorLogprobs:
+    """The base model's log-probabilities at an anchor sequence's targets, computed once per sequence.
+
+    Anchor sequences repeat every epoch and across documents (a pool of ~50 general questions), and the
+    base model never changes, so their KL targets are computed the first time and reused: the same numbers
+    as recomputing them every step. Memory: targets x vocabulary floats per distinct anchor (SmolLM2: ~50
+    targets x 49k = 10 MB each, ~0.5 GB for the whole pool).
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model, self.cache = model, {}
+
+    def __call__(self, batch: dict[str, Tensor], rows: Tensor) -> Tensor:
+        """[n_kl, V] for the flagged rows ([b] bool), in row-major target order, as base_target_logprobs."""
+        idx = rows.nonzero().flatten().tolist()
+        keys = {i: tuple(batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()) for i in idx}
+        missing = [i for i in idx if keys[i] not in self.cache]
+        if missing:
+            todo = torch.zeros_like(rows)
+            todo[missing] = True
+            counts = (batch["labels"][missing][:, 1:] != IGNORE).sum(1).tolist()
+            for i, part in zip(missing, base_target_logprobs(self.model, batch, todo).split(counts), strict=True):
+                self.cache[keys[i]] = part
+        return torch.cat([self.cache[keys[i]] for i in idx])
 
 
 def train_group(model: nn.Module, examples: Sequence[Sequence[Example]], config: TeacherConfig, pad_id: int,
@@ -264,6 +295,7 @@ def train_group(model: nn.Module, examples: Sequence[Sequence[Example]], config:
     device = next(model.parameters()).device
     kl = config.anchor_loss == "kl"
     token_weight = torch.tensor([1.0, config.anchor_weight], device=device, dtype=dtype)
+    anchor_targets = AnchorLogprobs(model)
     for step in range(max(len(p) for p in plans)):
         active = [d for d in range(k) if step < len(plans[d])]
         pos = {d: i for i, d in enumerate(active)}
@@ -282,14 +314,13 @@ def train_group(model: nn.Module, examples: Sequence[Sequence[Example]], config:
         ).clamp_min(1)  # [2, k_active]
         sums = torch.zeros(len(active), device=device, dtype=dtype)
         for rows_ in _chunks(batch["input_ids"].shape[1], len(batch_ex), config.max_batch_tokens):
-            sel = doc_pos[rows_]  # [c]: each sequence gathers its document's matrices
-            weights = LoraWeights(  # [c, L, r, in] / [c, L, out, r]
-                {m: torch.stack([params[d]["A"][m] for d in active]).index_select(0, sel) for m in spec.target_modules},
-                {m: torch.stack([params[d]["B"][m] for d in active]).index_select(0, sel) for m in spec.target_modules})
-            chunk = {n: batch[n][rows_].to(device) for n in ("input_ids", "labels")}
-            base_lp = base_target_logprobs(model, chunk, kl_rows[rows_]) if kl_rows[rows_].any() else None
-            with apply_lora(model, spec, weights):
-                tok_loss, rows = token_losses(model, chunk, kl_rows[rows_], base_lp)
+            sel = doc_pos[rows_]  # [c]: each sequence's document among the active ones
+            weights = LoraWeights(  # one adapter per active document: [k, L, r, in] / [k, L, out, r]
+                {m: torch.stack([params[d]["A"][m] for d in active]) for m in spec.target_modules},
+                {m: torch.stack([params[d]["B"][m] for d in active]) for m in spec.target_modules})
+            chunk = {n: batch[n][rows_].to(device) for n in ("input_ids", "labels", "attention_mask")}
+            base_lp = anchor_targets(chunk, kl_rows[rows_]) if kl_rows[rows_].any() else None
+            tok_loss, rows = token_losses(model, chunk, kl_rows[rows_], base_lp, adapter=(spec, weights), groups=sel)
             tok_group = group[rows_][rows]  # [n]
             scaled = tok_loss * token_weight[tok_group] / counts[tok_group, sel[rows]]
             part = torch.zeros(len(active), device=device, dtype=tok_loss.dtype).index_add(0, sel[rows], scaled)

@@ -99,14 +99,15 @@ def next_token_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     return output_logits(model, hidden[:, :-1][select])
 
 
-def target_logits(model: nn.Module, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None
+def target_logits(model: nn.Module, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None,
+                  adapter: tuple[LoraSpec, LoraWeights | None] | None = None, groups: Tensor | None = None
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """At every labelled position (labels != IGNORE): the logits that predict it [n, V] (row-major), its
-    token [n] and its batch row [n]."""
+    token [n] and its batch row [n]; adapters and shared prefixes as in `decoder_hidden`."""
     shifted = labels[:, 1:]
     select = shifted != IGNORE  # [b, t-1]: token t+1 is predicted at position t
     rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(select)[select]
-    return next_token_logits(model, input_ids, attention_mask, select), shifted[select], rows
+    return next_token_logits(model, input_ids, attention_mask, select, adapter, groups), shifted[select], rows
 
 
 def per_row_nll(logits: Tensor, targets: Tensor, rows: Tensor, num_rows: int) -> Tensor:
