@@ -6,13 +6,14 @@ from dataclasses import asdict, dataclass
 
 from hyperprag.core.fields import from_known_fields
 
-ARCHS = ("hyperlora", "dyprag", "perceiver", "outer")
-TOKEN_ARCHS = ("perceiver", "outer")
+ARCHS = ("hyperlora", "dyprag", "perceiver", "outer", "memory")
+TOKEN_ARCHS = ("perceiver", "outer", "memory")
 """Architectures that read per-layer token states (EncoderSpec kind "tokens") instead of one vector."""
 ENCODER_KINDS = ("sentence", "llm", "tokens")
 POOLINGS = ("last", "mean")
 PARAM_LOSSES = ("coord", "deltaw")
 KL_POSITIONS = ("answer", "all")
+TOKEN_STATES = ("residual", "memory")
 
 
 @dataclass
@@ -22,7 +23,8 @@ class HyperNetConfig:
     arch: str = "hyperlora"
     """hyperlora (pooled vector -> shared trunk + basis heads) | dyprag (pooled vector -> one MLP per layer and
     module) | perceiver (per-layer token states -> cross-attention, hypernet/token_model.py) | outer (token
-    states -> an r x r outer-product mix of learned bases per layer)."""
+    states -> an r x r outer-product mix of learned bases per layer) | memory (down_proj only: slots of
+    (down_proj input, next-token embedding) pairs read from the document, a fast-weight copy memory)."""
     emb_dim: int | None = None
     """Document-embedding width; None = taken from the encoder (384 for MiniLM, hidden size for an LLM)."""
     hidden: int = 256
@@ -92,12 +94,17 @@ class EncoderSpec:
     """llm: mean over real tokens | last (the last real token, as DyPRAG does)."""
     max_length: int = 512
     """llm / tokens: longest document in tokens (longer ones are truncated)."""
+    token_states: str = "residual"
+    """tokens: residual (each adapted layer's input, for perceiver / outer) | memory (each layer's down_proj
+    input and the next token's embedding, for the memory network)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ENCODER_KINDS:
             raise ValueError(f"EncoderSpec.kind {self.kind!r} is not one of {ENCODER_KINDS}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"EncoderSpec.pooling {self.pooling!r} is not one of {POOLINGS}")
+        if self.token_states not in TOKEN_STATES:
+            raise ValueError(f"EncoderSpec.token_states {self.token_states!r} is not one of {TOKEN_STATES}")
 
     def to_dict(self) -> dict:
         return asdict(self)

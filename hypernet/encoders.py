@@ -24,7 +24,7 @@ from typing import Protocol
 import torch
 from safetensors.torch import load_file, save
 
-from hypernet.config import EncoderSpec
+from hypernet.config import TOKEN_STATES, EncoderSpec
 from hyperprag.core.io import atomic_write_bytes
 
 
@@ -33,29 +33,39 @@ class DocStates:
     """Per-layer token states of a batch of documents, right-padded: what token-level hypernetworks read."""
 
     states: torch.Tensor
-    """[b, L, T, H]: entry l is the input of the l-th adapted layer at every document token."""
+    """[b, L, T, H]: entry l is, at every document token, the input of the l-th adapted layer (token states
+    "residual") or of its down_proj (token states "memory")."""
     mask: torch.Tensor
-    """[b, T]: 1 at real tokens, 0 at padding."""
+    """[b, T]: 1 at real tokens ("memory": at real tokens followed by a real token), 0 elsewhere."""
+    values: torch.Tensor | None = None
+    """"memory" only, [b, T, E]: the input embedding of the token that follows each document token."""
 
     def __len__(self) -> int:
         return self.states.shape[0]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DocStates:
-        return DocStates(self.states.to(device=device, dtype=dtype), self.mask.to(device=device))
+        values = None if self.values is None else self.values.to(device=device, dtype=dtype)
+        return DocStates(self.states.to(device=device, dtype=dtype), self.mask.to(device=device), values)
 
     def select(self, index) -> DocStates:
         """Some documents of the batch, trimmed to their longest."""
         mask = self.mask[index]
-        width = max(int(mask.sum(-1).max()), 1) if mask.numel() else 1
-        return DocStates(self.states[index][:, :, :width], mask[:, :width])
+        width = max(int(mask.sum(-1).max()) + 1, 1) if mask.numel() else 1
+        width = min(width, mask.shape[-1])
+        values = None if self.values is None else self.values[index][:, :width]
+        return DocStates(self.states[index][:, :, :width], mask[:, :width], values)
 
     @staticmethod
     def cat(parts: Sequence[DocStates]) -> DocStates:
         """Concatenate batches of different widths (zero-padded to the widest)."""
         width = max(p.mask.shape[1] for p in parts)
-        states = [torch.nn.functional.pad(p.states, (0, 0, 0, width - p.mask.shape[1])) for p in parts]
-        masks = [torch.nn.functional.pad(p.mask, (0, width - p.mask.shape[1])) for p in parts]
-        return DocStates(torch.cat(states), torch.cat(masks))
+        pad = torch.nn.functional.pad
+        states = [pad(p.states, (0, 0, 0, width - p.mask.shape[1])) for p in parts]
+        masks = [pad(p.mask, (0, width - p.mask.shape[1])) for p in parts]
+        values = None
+        if parts[0].values is not None:
+            values = torch.cat([pad(p.values, (0, 0, 0, width - p.mask.shape[1])) for p in parts])
+        return DocStates(torch.cat(states), torch.cat(masks), values)
 
 
 class DocumentEncoder(Protocol):
@@ -77,7 +87,7 @@ def encoder_id(spec: EncoderSpec, base_model: str | None = None) -> str:
     if base_model is None:
         raise ValueError("the id of an 'llm' encoder needs the base model's name")
     if spec.kind == "tokens":
-        return f"tokens:{base_model}:{spec.max_length}"
+        return f"tokens:{base_model}:{spec.token_states}:{spec.max_length}"
     return f"llm:{base_model}:layer{spec.layer}:{spec.pooling}:{spec.max_length}"
 
 
@@ -145,16 +155,21 @@ class TokenStateEncoder:
     """
 
     def __init__(self, model, tokenizer, layers: Sequence[int] | None = None, max_length: int = 512,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, token_states: str = "residual"):
         from hyperprag.core.models import model_id
 
-        n_layers = model.config.get_text_config().num_hidden_layers
+        text = model.config.get_text_config()
+        n_layers = text.num_hidden_layers
         self.layers = list(range(n_layers)) if layers is None else [int(i) for i in layers]
         if any(not 0 <= i < n_layers for i in self.layers):
             raise ValueError(f"layers {self.layers} out of range for a model with {n_layers} layers")
+        if token_states not in TOKEN_STATES:
+            raise ValueError(f"token_states {token_states!r} is not one of {TOKEN_STATES}")
         self.model, self.tokenizer, self.max_length, self.dtype = model, tokenizer, max_length, dtype
-        self.dim = int(model.config.get_text_config().hidden_size)
-        self.id = encoder_id(EncoderSpec(kind="tokens", max_length=max_length), model_id(model))
+        self.token_states = token_states
+        self.dim = int(text.hidden_size if token_states == "residual" else text.intermediate_size)
+        self.id = encoder_id(EncoderSpec(kind="tokens", max_length=max_length, token_states=token_states),
+                             model_id(model))
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Right-padded document tokens (input_ids, attention_mask [n, T]), as `states` takes them."""
@@ -169,17 +184,39 @@ class TokenStateEncoder:
     @torch.no_grad()
     def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DocStates:
         """DocStates of tokenized documents, on the model's device."""
+        if self.token_states == "memory":
+            return self._memory(input_ids, attention_mask)
         out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                        position_ids=_position_ids(attention_mask), output_hidden_states=True,
                                        use_cache=False)
         states = torch.stack([out.hidden_states[i] for i in self.layers], dim=1)  # [n, L, T, H]
         return DocStates(states.to(self.dtype), attention_mask)
 
+    def _memory(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DocStates:
+        """down_proj inputs of every adapted layer (forward pre-hooks) and the next token's embedding."""
+        from hyperprag.core.lora import LoraSpec, find_targets
+
+        found: dict[int, torch.Tensor] = {}
+        mods = find_targets(self.model, LoraSpec(target_modules=("down_proj",), layers=tuple(self.layers)))
+        handles = [mod.register_forward_pre_hook(lambda _m, inp, i=i: found.__setitem__(i, inp[0]))
+                   for i, (_, mod) in enumerate(mods["down_proj"])]
+        try:
+            self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                     position_ids=_position_ids(attention_mask), use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        states = torch.stack([found[i] for i in range(len(handles))], dim=1)  # [n, L, T, I]
+        embeddings = self.model.get_input_embeddings()(input_ids)  # [n, T, E]
+        values = torch.nn.functional.pad(embeddings[:, 1:], (0, 0, 0, 1))  # position t holds token t+1's
+        followed = attention_mask * torch.nn.functional.pad(attention_mask[:, 1:], (0, 1))
+        return DocStates(states.to(self.dtype), followed, values.to(self.dtype))
+
     def encode(self, texts: Sequence[str]) -> DocStates:
         device = next(self.model.parameters()).device
         enc = self.tokenize(texts)
         docs = self.states(enc["input_ids"].to(device), enc["attention_mask"].to(device))
-        return DocStates(docs.states.float().cpu(), docs.mask.cpu())
+        return docs.to("cpu", torch.float32)
 
 
 def build_encoder(spec: EncoderSpec, model=None, tokenizer=None, device: str = "cpu",
@@ -193,7 +230,8 @@ def build_encoder(spec: EncoderSpec, model=None, tokenizer=None, device: str = "
     if model is None or tokenizer is None:
         raise ValueError(f"an {spec.kind!r} encoder needs the base model and its tokenizer")
     if spec.kind == "tokens":
-        return TokenStateEncoder(model, tokenizer, layers=layers, max_length=spec.max_length)
+        return TokenStateEncoder(model, tokenizer, layers=layers, max_length=spec.max_length,
+                                 token_states=spec.token_states)
     return LLMEncoder(model, tokenizer, layer=spec.layer, pooling=spec.pooling, max_length=spec.max_length)
 
 
@@ -205,7 +243,8 @@ def encoder_dim(spec: EncoderSpec, base_config=None) -> int:
         return MINILM_DIM
     if base_config is None:
         raise ValueError(f"the width of an {spec.kind!r} encoder needs the base model's config")
-    return int(base_config.get_text_config().hidden_size)
+    text = base_config.get_text_config()
+    return int(text.intermediate_size if spec.token_states == "memory" else text.hidden_size)
 
 
 def encode_documents(encoder: DocumentEncoder, texts: Sequence[str], batch_size: int = 16

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hypernet.config import TOKEN_ARCHS, HyperNetConfig
+from hypernet.config import HyperNetConfig
 from hyperprag.core.lora import LoraSpec, LoraWeights, target_shapes
 
 Shapes = dict[str, tuple[int, int, int]]  # module type -> (num_layers, in_features, out_features)
@@ -199,9 +199,10 @@ class DyPRAGBaseline(nn.Module):
 
 def build_hypernet(config: HyperNetConfig, shapes: Shapes, spec: LoraSpec) -> nn.Module:
     """The network `config.arch` names."""
-    from hypernet.token_model import OuterLoRA, PerceiverLoRA
+    from hypernet.token_model import MemoryLoRA, OuterLoRA, PerceiverLoRA
 
-    cls = {"hyperlora": HyperLoRA, "dyprag": DyPRAGBaseline, "perceiver": PerceiverLoRA, "outer": OuterLoRA}
+    cls = {"hyperlora": HyperLoRA, "dyprag": DyPRAGBaseline, "perceiver": PerceiverLoRA, "outer": OuterLoRA,
+           "memory": MemoryLoRA}
     return cls[config.arch](config, shapes, spec)
 
 
@@ -225,14 +226,17 @@ def reference_configs() -> dict:
 def parameter_table(spec: LoraSpec | None = None, config: HyperNetConfig | None = None,
                     token_rank: int = 8) -> list[dict]:
     """Parameter counts of every architecture at reference sizes (built on the meta device); the token-level
-    ones generate adapters of rank `token_rank` (config.bias_rank of them document-independent)."""
+    ones generate adapters of rank `token_rank` (config.bias_rank of them document-independent), the memory
+    network on down_proj only."""
     spec = spec or LoraSpec()
     base = config or HyperNetConfig()
     rows = []
     for name, cfg in reference_configs().items():
-        for arch, emb_dim in [("hyperlora", 384), ("hyperlora", cfg.hidden_size), ("dyprag", cfg.hidden_size),
-                              ("perceiver", cfg.hidden_size), ("outer", cfg.hidden_size)]:
-            arch_spec = replace(spec, rank=token_rank) if arch in TOKEN_ARCHS else spec
+        token_spec = replace(spec, rank=token_rank)
+        for arch, emb_dim, arch_spec in [
+                ("hyperlora", 384, spec), ("hyperlora", cfg.hidden_size, spec), ("dyprag", cfg.hidden_size, spec),
+                ("perceiver", cfg.hidden_size, token_spec), ("outer", cfg.hidden_size, token_spec),
+                ("memory", cfg.intermediate_size, replace(token_spec, target_modules=("down_proj",)))]:
             shapes = target_shapes(cfg, arch_spec)
             c = HyperNetConfig(**{**base.to_dict(), "arch": arch, "emb_dim": emb_dim})
             with torch.device("meta"):

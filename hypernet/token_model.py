@@ -207,3 +207,63 @@ class OuterLoRA(nn.Module):
             bb = self.basis_b[m]  # [L, out, r]
             A[m], B[m] = _concat(self.bias, m, a, bb.expand(b, *bb.shape))
         return LoraWeights(A, B, {"bias_rank": self.config.bias_rank})
+
+
+class MemoryLoRA(nn.Module):
+    """A fast-weight copy memory on down_proj, read off the document in one pass.
+
+    Slot s of layer l attends (learned query, over the document's tokens) to the positions it stores; its
+    key (row of A) is the down_proj input there and its value (column of B) the embedding of the token that
+    follows, each through a learned map that starts at the identity. At answer time the adapter adds
+    sum_s v_s (k_s . x): where the question's FFN activity resembles the document's just before a token, it
+    writes that token into the residual stream (the model's output embedding is tied or close to its input
+    embedding), an in-weights form of "what came next in the document". Only the selection, the maps and
+    the per-slot gains are learned: a small network with a strong prior, for a CPU-sized training budget.
+    Needs EncoderSpec(kind="tokens", token_states="memory").
+    """
+
+    def __init__(self, config: HyperNetConfig, shapes: Shapes, spec: LoraSpec):
+        super().__init__()
+        self.config, self.spec = config, spec
+        self.shapes = check_shapes(shapes, spec)
+        if tuple(spec.target_modules) != ("down_proj",):
+            raise ValueError(f"the memory network writes down_proj only; spec.target_modules is "
+                             f"{list(spec.target_modules)}")
+        self.module_types = ("down_proj",)
+        self.rank = r = generated_rank(config, spec)
+        n_layers, d_in, d_out = self.shapes["down_proj"]
+        if input_dim(config) != d_in:
+            raise ValueError(f"memory states are down_proj inputs ({d_in}-d), hypernet.emb_dim is {input_dim(config)}")
+        d, k = config.latent_dim, config.basis
+        self.select_norm = nn.LayerNorm(d_in)
+        self.select = nn.Linear(d_in, d)
+        self.queries = nn.Parameter(torch.randn(n_layers, r, d))  # [L, r, d]
+        # identity + low-rank learned corrections of the keys (down_proj inputs) and values (embeddings)
+        self.key_down, self.key_up = nn.Linear(d_in, k, bias=False), nn.Linear(k, d_in, bias=False)
+        self.value_down, self.value_up = nn.Linear(d_out, k, bias=False), nn.Linear(k, d_out, bias=False)
+        nn.init.zeros_(self.key_up.weight)
+        nn.init.zeros_(self.value_up.weight)
+        self.register_buffer("a_unit", torch.tensor(config.a_init_scale / math.sqrt(3 * d_in)))
+        self.register_buffer("b_unit", torch.tensor(float(config.b_scale)))
+        self.a_gain = nn.Parameter(torch.ones(n_layers, r))  # [L, r]
+        self.b_gain = nn.Parameter(torch.zeros(n_layers, r))  # B starts at zero: the plain model
+        self.bias = BiasAdapter(self.shapes, config.bias_rank) if config.bias_rank else None
+
+    def forward(self, docs: DocStates) -> LoraWeights:
+        if docs.values is None:
+            raise ValueError("the memory network reads token states 'memory' (down_proj inputs and next-token "
+                             "embeddings); this encoder gave 'residual' states")
+        dtype = self.select.weight.dtype
+        u, v, mask = docs.states.to(dtype), docs.values.to(dtype), docs.mask.bool()  # [b,L,T,I], [b,T,E], [b,T]
+        feats = self.select(self.select_norm(u))  # [b, L, T, d]
+        scores = torch.einsum("bltd,lrd->blrt", feats, self.queries) / math.sqrt(feats.shape[-1])
+        att = scores.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(-1)  # [b, L, r, T]
+        keys = torch.einsum("blrt,blti->blri", att, u)  # [b, L, r, I]
+        vals = torch.einsum("blrt,bte->blre", att, v)  # [b, L, r, E]
+        keys = keys + self.key_up(self.key_down(keys))
+        vals = vals + self.value_up(self.value_down(vals))
+        keys = keys * torch.rsqrt(keys.pow(2).mean(-1, keepdim=True) + 1e-12)  # unit RMS
+        a = keys * (self.a_unit * self.a_gain[..., None])
+        bb = (vals * (self.b_unit * self.b_gain[..., None])).transpose(-1, -2)  # [b, L, E, r]
+        A, B = _concat(self.bias, "down_proj", a, bb)
+        return LoraWeights({"down_proj": A}, {"down_proj": B}, {"bias_rank": self.config.bias_rank})

@@ -40,11 +40,11 @@ def random_teacher(shapes, spec: LoraSpec, seed: int) -> LoraWeights:
 
 
 def randomize_b(net, std: float = 0.1) -> None:
-    """Random values where a token-level network's B parts start at zero (head B rows, B bases, the bias
-    adapter's B), so that every part of the network shapes its output."""
+    """Random values where a token-level network's B parts start at zero (head B rows, B bases, B gains, the
+    bias adapter's B), so that every part of the network shapes its output."""
     with torch.no_grad():
         for name, p in net.named_parameters():
-            if name.startswith(("bias.b.", "basis_b.")):
+            if name.startswith(("bias.b.", "basis_b.", "b_gain", "key_up", "value_up")):
                 p.normal_(std=std)
         for m, head in getattr(net, "heads_out", {}).items():
             head.weight[net.shapes[m][1]:].normal_(std=std)

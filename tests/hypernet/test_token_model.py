@@ -1,5 +1,6 @@
-"""Token-level hypernetworks: the per-layer token-state encoder, PerceiverLoRA / OuterLoRA shapes, masking,
-their zero start, gradient flow, and a tiny one that learns to separate two documents."""
+"""Token-level hypernetworks: the per-layer token-state encoders (residual stream; down_proj inputs and
+next-token embeddings), PerceiverLoRA / OuterLoRA / MemoryLoRA shapes, masking, their zero start, gradient
+flow, and tiny ones that learn to separate two documents."""
 
 from __future__ import annotations
 
@@ -24,12 +25,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TEXTS = ["Lake Vorn lies near Tesmar.", "The Kell bridge was built by Ilsa Brandt in the year 1832, of oak."]
 
 
+ARCHS = ["perceiver", "outer", "memory"]
+
+
 def _config(arch="perceiver", **kw) -> HyperNetConfig:
-    return HyperNetConfig(arch=arch, emb_dim=64, latent_dim=32, heads=4, blocks=2, bias_rank=2, **kw)
+    emb_dim = 128 if arch == "memory" else 64  # memory reads down_proj inputs (the tiny models' intermediate)
+    return HyperNetConfig(arch=arch, emb_dim=emb_dim, latent_dim=32, heads=4, blocks=2, bias_rank=2, basis=16, **kw)
 
 
-def _states(model, tok, texts=TEXTS, layers=None) -> DocStates:
-    enc = TokenStateEncoder(model, tok, layers=layers)
+def _spec(arch: str, rank: int) -> LoraSpec:
+    return LoraSpec(rank=rank, target_modules=("down_proj",)) if arch == "memory" else LoraSpec(rank=rank)
+
+
+def _states(model, tok, texts=TEXTS, layers=None, arch="perceiver") -> DocStates:
+    enc = TokenStateEncoder(model, tok, layers=layers, token_states="memory" if arch == "memory" else "residual")
     return enc.encode(texts)
 
 
@@ -60,13 +69,30 @@ def test_encode_documents_restores_order_across_batches(tiny_llama, tiny_tokeniz
         torch.testing.assert_close(together.states[i, :, :n], alone.states[0, :, :n], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["perceiver", "outer"])
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gemma"])
+def test_memory_states_are_down_proj_inputs_and_next_tokens(model_name, request, tiny_tokenizer):
+    model = request.getfixturevalue(model_name)
+    docs = _states(model, tiny_tokenizer, arch="memory")
+    n_tok = [len(tiny_tokenizer(t)["input_ids"]) for t in TEXTS]
+    assert docs.states.shape == (2, 2, max(n_tok), 128) and docs.mask.sum(-1).tolist() == [n - 1 for n in n_tok]
+    ids = torch.tensor([tiny_tokenizer(TEXTS[1])["input_ids"]])
+    seen = []
+    hook = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0]))
+    with torch.no_grad():
+        model(ids)
+    hook.remove()
+    torch.testing.assert_close(docs.states[1, 1], seen[0][0], atol=1e-5, rtol=1e-5)
+    emb = model.get_input_embeddings()(ids)[0]
+    torch.testing.assert_close(docs.values[1, : n_tok[1] - 1], emb[1:])  # position t holds token t+1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gemma"])
 def test_shapes_rank_and_zero_start(arch, model_name, request, tiny_tokenizer):
     model = request.getfixturevalue(model_name)
-    spec = LoraSpec(rank=6)
+    spec = _spec(arch, 6)
     net = build_hypernet(_config(arch), target_shapes(model, spec), spec)
-    docs = _states(model, tiny_tokenizer)
+    docs = _states(model, tiny_tokenizer, arch=arch)
     out = net(docs)
     for m, (n_layers, d_in, d_out) in target_shapes(model, spec).items():
         assert out.A[m].shape == (2, n_layers, 6, d_in) and out.B[m].shape == (2, n_layers, d_out, 6)
@@ -80,13 +106,13 @@ def test_shapes_rank_and_zero_start(arch, model_name, request, tiny_tokenizer):
     torch.testing.assert_close(adapted, plain)  # training starts from the plain model
 
 
-@pytest.mark.parametrize("arch", ["perceiver", "outer"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_adapter_ignores_padding(arch, tiny_llama, tiny_tokenizer):
-    spec = LoraSpec(rank=4)
+    spec = _spec(arch, 4)
     net = build_hypernet(_config(arch), target_shapes(tiny_llama, spec), spec)
     randomize_b(net)
-    both = net(_states(tiny_llama, tiny_tokenizer))
-    alone = net(_states(tiny_llama, tiny_tokenizer, texts=TEXTS[:1]))
+    both = net(_states(tiny_llama, tiny_tokenizer, arch=arch))
+    alone = net(_states(tiny_llama, tiny_tokenizer, texts=TEXTS[:1], arch=arch))
     for m in both.A:
         torch.testing.assert_close(both.A[m][0], alone.A[m][0], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(both.B[m][0], alone.B[m][0], atol=1e-5, rtol=1e-4)
@@ -101,13 +127,13 @@ def _qa_batch(tok, pairs):
     return collate(examples, tok.pad_token_id)
 
 
-@pytest.mark.parametrize("arch", ["perceiver", "outer"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_gradients_reach_every_parameter(arch, tiny_llama, tiny_tokenizer):
-    spec = LoraSpec(rank=4)
+    spec = _spec(arch, 4)
     net = build_hypernet(_config(arch), target_shapes(tiny_llama, spec), spec)
     randomize_b(net)  # at the zero start only B gets gradients; open it to reach the rest
     batch = _qa_batch(tiny_tokenizer, [(0, "Where is Lake Vorn?", "Tesmar"), (1, "Who built it?", "Ilsa")])
-    weights = net(_states(tiny_llama, tiny_tokenizer))
+    weights = net(_states(tiny_llama, tiny_tokenizer, arch=arch))
     ans = target_mask(batch["labels"], batch["attention_mask"])
     logits = select_logits(tiny_llama, spec, weights.select(batch["doc_index"]), batch["input_ids"],
                            batch["attention_mask"], ans)
@@ -116,7 +142,8 @@ def test_gradients_reach_every_parameter(arch, tiny_llama, tiny_tokenizer):
     assert not missing
 
 
-def test_tiny_perceiver_learns_to_separate_two_documents(tiny_tokenizer):
+@pytest.mark.parametrize("arch", ["perceiver", "memory"])
+def test_tiny_network_learns_to_separate_two_documents(arch, tiny_tokenizer):
     """Two documents state different values for the same question; one network must give each document's
     adapter its own value: own-document answer loss far below the other document's."""
     from conftest import make_tiny_llama
@@ -125,8 +152,8 @@ def test_tiny_perceiver_learns_to_separate_two_documents(tiny_tokenizer):
     model = make_tiny_llama(seed=3)
     model.lm_head.weight.data.mul_(30)  # random 0.02-std logits cannot get confident: let the model answer
     spec = LoraSpec(rank=4, target_modules=("down_proj",))
-    net = build_hypernet(_config(b_scale=0.1), target_shapes(model, spec), spec)
-    docs = _states(model, tiny_tokenizer, texts=["The vault code is red.", "The vault code is blue."])
+    net = build_hypernet(_config(arch, b_scale=0.1 if arch == "perceiver" else 1.0), target_shapes(model, spec), spec)
+    docs = _states(model, tiny_tokenizer, texts=["The vault code is red.", "The vault code is blue."], arch=arch)
     q = "What is the vault code?"
     batch = _qa_batch(tiny_tokenizer, [(0, q, "red"), (1, q, "blue")])
     ans = target_mask(batch["labels"], batch["attention_mask"])
@@ -148,9 +175,10 @@ def test_tiny_perceiver_learns_to_separate_two_documents(tiny_tokenizer):
 
 def test_outer_product_arm_is_small_and_perceiver_under_a_third_of_dyprag():
     rows = {(r["base"], r["arch"], r["emb_dim"]): r["params"] for r in parameter_table()}
-    for base, hidden in (("SmolLM2-135M", 576), ("Llama-3.2-1B", 2048)):
+    for base, hidden, inner in (("SmolLM2-135M", 576, 1536), ("Llama-3.2-1B", 2048, 8192)):
         assert rows[(base, "perceiver", hidden)] < rows[(base, "dyprag", hidden)] / 3
         assert rows[(base, "outer", hidden)] < rows[(base, "perceiver", hidden)]
+        assert rows[(base, "memory", inner)] < rows[(base, "perceiver", hidden)]
 
 
 def test_perceiver_state_dict_round_trip(tiny_llama, tiny_tokenizer):
