@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/hypernet_step.py --docs 8 --qa 4 --repeats 3 [--threads 2]
 
-One step of configs/hypernet/keyvalue.yaml's recipe on synthetic documents, timed in parts: the frozen base
+One step of configs/hypernet/keyvalue_perceiver.yaml's recipe on synthetic documents, timed in parts: the frozen base
 model's forward over the documents (their per-layer token states, no gradients), the hypernetwork's
 forward, the base model's forward and backward over the QA sequences with each document's adapter (with
 the chat prefix computed once per document, and, for comparison, once per sequence), the hypernetwork's

@@ -88,7 +88,7 @@ def timer(out: dict, key: str):
 
 def fresh_hypernet(folder: Path, base, encoder_kind: str) -> Path:
     """A freshly initialized hypernetwork saved as a checkpoint for `base`: HyperLoRA (the old demo sizes) for
-    a pooled encoder, PerceiverLoRA at rank 2 + 6 (configs/hypernet/keyvalue.yaml) for 'tokens'."""
+    a pooled encoder, PerceiverLoRA at rank 2 + 6 (configs/hypernet/keyvalue_perceiver.yaml) for 'tokens'."""
     import torch
 
     from hypernet.checkpoint import save_hypernet

@@ -1,7 +1,7 @@
 """Does a generated adapter carry its own document? The key-value specificity benchmark.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/specificity.py --out runs/specificity \
-        --arm configs/hypernet/keyvalue.yaml --arm configs/hypernet/keyvalue_pooled.yaml
+        --arm configs/hypernet/keyvalue_perceiver.yaml --arm configs/hypernet/keyvalue_pooled.yaml
     # any trained hypernetwork, on other document sets (folders with corpus.jsonl + questions.jsonl):
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/specificity.py --out runs/specificity-demo \
         --hypernet shipped=hyperprag/demo/checkpoints/smollm2-135m --eval hyperprag/demo/unseen

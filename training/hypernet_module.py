@@ -117,6 +117,10 @@ class HyperLoRAModule(pl.LightningModule):
             raise ValueError(f"hypernet.arch {config.arch!r} and encoder kind {self.encoder_spec.kind!r} do not fit: "
                              f"the token-level networks {TOKEN_ARCHS} read the 'tokens' encoder, the others one "
                              "pooled vector")
+        states = "memory" if config.arch == "memory" else "residual"
+        if config.arch in TOKEN_ARCHS and self.encoder_spec.token_states != states:
+            raise ValueError(f"hypernet.arch {config.arch!r} reads token_states {states!r}, the encoder gives "
+                             f"{self.encoder_spec.token_states!r}")
         if shapes is None or (config.emb_dim is None and self.encoder_spec.kind != "sentence"):
             from transformers import AutoConfig
 
@@ -224,7 +228,8 @@ class HyperLoRAModule(pl.LightningModule):
         enc = self.__dict__.get("_token_encoder")
         if enc is None or enc.model is not self.base:
             enc = TokenStateEncoder(self.base, self.tokenizer, layers=self.spec.layers,
-                                    max_length=self.encoder_spec.max_length)
+                                    max_length=self.encoder_spec.max_length,
+                                    token_states=self.encoder_spec.token_states)
             self.__dict__["_token_encoder"] = enc
         return enc
 

@@ -55,14 +55,16 @@ def decoder_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor |
     Rows that share an adapter (one group) and a common token prefix (the chat template before the
     question) compute that prefix once per adapter and attend to its cached keys and values: the full
     pass's numbers (to float rounding; tested), at a fraction of the cost when a document has several
-    questions. With an attention mask, position ids count real tokens only, so left- and right-padded
-    batches give the same numbers (and the same positions as `generate`). Without one, the batch must have
-    no padding before a real token (right-padded or none): causal attention then never lets a real token
-    see padding, and the decoder takes its faster unmasked path.
+    questions. Without `adapter` and `groups` nothing is shared: hooks the caller installed may hold one
+    adapter per row. With an attention mask, position ids count real tokens only, so left- and
+    right-padded batches give the same numbers (and the same positions as `generate`). Without one, the
+    batch must have no padding before a real token (right-padded or none): causal attention then never
+    lets a real token see padding, and the decoder takes its faster unmasked path.
     """
+    shared = adapter is not None or groups is not None  # else hooks the caller installed may differ per row
     spec, weights = adapter if adapter is not None else (None, None)
     per_row = weights.select(groups) if groups is not None and weights is not None else weights
-    if groups is None and (weights is None or not weights.batched):  # no adapter or one for all: one group
+    if shared and groups is None and (weights is None or not weights.batched):  # one adapter for all rows
         groups = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
     n_prefix = 0
     if groups is not None and attention_mask is not None:

@@ -21,7 +21,7 @@ from hyperprag.core.prompts import (
     COMPLETE_QUESTION_NO_TITLE,
     CONTEXT_QUESTION,
 )
-from training.augment.records import SOURCES, QAPair
+from training.augment.records import AUGMENT_SOURCES, QAPair
 from training.augment.text import (
     ABBREVIATIONS,
     FUNCTION_WORDS,
@@ -654,7 +654,7 @@ def covers(answer: str, span_text: str) -> bool:
 
 def coverage(spans: list[Span], qa: list[QAPair]) -> dict:
     """Which spans some QA pair answers, and from which source: {"spans", "covered", "coverage", ...}."""
-    items, by_source = [], dict.fromkeys(SOURCES, 0)
+    items, by_source = [], dict.fromkeys(AUGMENT_SOURCES, 0)
     for sp in spans:
         sources = sorted({q.source for q in qa if covers(q.answer, sp.text)})
         for src in sources:

@@ -14,7 +14,7 @@ from training.augment.cache import cache_key, cache_path, load_cached, save_cach
 from training.augment.facts import analyze, coverage, rule_qa_rounds
 from training.augment.llm import llm_qa, llm_rewrites
 from training.augment.paraphrase import paraphrase
-from training.augment.records import SOURCES, Augmentation, failure_code
+from training.augment.records import AUGMENT_SOURCES, Augmentation, failure_code
 
 logger = logging.getLogger(__name__)
 METHODS = ("rules", "llm", "rules+llm")
@@ -120,7 +120,7 @@ def _augment_chunk(docs: list[Document], method: str, model, tokenizer, batch_si
 
 def summarize(augs: Sequence[Augmentation]) -> dict:
     """Counts for a log line: documents, QA pairs per source, rewrites, failures by reason, mean coverage."""
-    by_source = Counter({s: 0 for s in SOURCES})
+    by_source = Counter({s: 0 for s in AUGMENT_SOURCES})
     failures: Counter = Counter()
     for a in augs:
         by_source.update(q.source for q in a.qa)

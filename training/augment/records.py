@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-SOURCES = ("rules", "llm", "given")  # given: a question file's question about the document
+AUGMENT_SOURCES = ("rules", "llm")
+"""Where augmentation's QA pairs come from: the rule-based facts or the small instruction model."""
+SOURCES = (*AUGMENT_SOURCES, "given")
+"""Every QAPair source; "given" is a question file's question about the document (never augmentation's)."""
 
 
 @dataclass(frozen=True)
