@@ -12,14 +12,13 @@ worded differently from all of them. The same (n, seed) always gives the same do
 
 from __future__ import annotations
 
-import argparse
 import random
 import string
 from collections.abc import Callable
 from pathlib import Path
 
-from hyperprag.core.data import Document, Passage, Question, write_jsonl
-from hyperprag.demo.synth import Fact, Namer
+from hyperprag.core.data import Document, Passage, Question
+from hyperprag.demo.synth import Fact, Namer, generate_documents, generator_main, write_documents
 
 OBJECTS = ["vault", "beacon", "ledger", "archive", "lodge", "observatory", "signal tower", "strongroom",
            "depot", "library", "cistern", "lighthouse"]
@@ -99,34 +98,16 @@ def _one(rng: random.Random, namer: Namer, index: int, seed: int,
 
 def generate_keyvalue(n: int, seed: int = 0) -> tuple[list[Document], list[Question]]:
     """`n` key-value documents (distinct names) and one question per fact; same (n, seed), same output."""
-    rng = random.Random(seed)
-    namer = Namer(rng)
-    docs, questions = [], []
-    for i in range(n):
-        doc, qs = _one(rng, namer, i, seed)
-        docs.append(doc)
-        questions.extend(qs)
-    return docs, questions
+    return generate_documents(_one, n, seed)
 
 
 def write_keyvalue(out_dir: str | Path, n: int, seed: int = 0) -> tuple[Path, Path]:
     """Write corpus.jsonl and questions.jsonl of `generate_keyvalue(n, seed)` into `out_dir`, atomically."""
-    docs, questions = generate_keyvalue(n, seed)
-    out = Path(out_dir)
-    corpus_path, questions_path = out / "corpus.jsonl", out / "questions.jsonl"
-    write_jsonl(corpus_path, docs)
-    write_jsonl(questions_path, questions)
-    return corpus_path, questions_path
+    return write_documents(out_dir, *generate_keyvalue(n, seed))
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("out_dir")
-    p.add_argument("--n", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    for path in write_keyvalue(a.out_dir, a.n, a.seed):
-        print(path)
+    generator_main(__doc__.splitlines()[0], write_keyvalue, 3000, argv)
 
 
 if __name__ == "__main__":

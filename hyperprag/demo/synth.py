@@ -369,21 +369,24 @@ def _one(rng: random.Random, namer: Namer, index: int, seed: int) -> tuple[Docum
     return doc, questions
 
 
-def generate_synthetic(n: int, seed: int = 0) -> tuple[list[Document], list[Question]]:
-    """`n` invented documents (distinct titles) and 2-3 questions each; same (n, seed), same output."""
+DocumentMaker = Callable[[random.Random, Namer, int, int], tuple[Document, list[Question]]]
+"""(rng, namer, index, seed) -> one invented document and its questions."""
+
+
+def generate_documents(make: DocumentMaker, n: int, seed: int) -> tuple[list[Document], list[Question]]:
+    """`n` documents from `make` with one random stream and one namer (distinct names); deterministic."""
     rng = random.Random(seed)
     namer = Namer(rng)
     docs, questions = [], []
     for i in range(n):
-        doc, qs = _one(rng, namer, i, seed)
+        doc, qs = make(rng, namer, i, seed)
         docs.append(doc)
         questions.extend(qs)
     return docs, questions
 
 
-def write_synthetic(out_dir: str | Path, n: int, seed: int = 0) -> tuple[Path, Path]:
-    """Write corpus.jsonl and questions.jsonl for `generate_synthetic(n, seed)` into `out_dir`, atomically."""
-    docs, questions = generate_synthetic(n, seed)
+def write_documents(out_dir: str | Path, docs: list[Document], questions: list[Question]) -> tuple[Path, Path]:
+    """Write corpus.jsonl and questions.jsonl into `out_dir`, atomically; returns their paths."""
     out = Path(out_dir)
     corpus_path, questions_path = out / "corpus.jsonl", out / "questions.jsonl"
     write_jsonl(corpus_path, docs)
@@ -391,14 +394,30 @@ def write_synthetic(out_dir: str | Path, n: int, seed: int = 0) -> tuple[Path, P
     return corpus_path, questions_path
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def generator_main(description: str, write: Callable[[str, int, int], tuple[Path, Path]], default_n: int,
+                   argv: list[str] | None = None) -> None:
+    """The command line of a document generator: OUT_DIR --n --seed, printing the files written."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("out_dir")
-    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--n", type=int, default=default_n)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    for path in write_synthetic(a.out_dir, a.n, a.seed):
+    for path in write(a.out_dir, a.n, a.seed):
         print(path)
+
+
+def generate_synthetic(n: int, seed: int = 0) -> tuple[list[Document], list[Question]]:
+    """`n` invented documents (distinct titles) and 2-3 questions each; same (n, seed), same output."""
+    return generate_documents(_one, n, seed)
+
+
+def write_synthetic(out_dir: str | Path, n: int, seed: int = 0) -> tuple[Path, Path]:
+    """Write corpus.jsonl and questions.jsonl for `generate_synthetic(n, seed)` into `out_dir`, atomically."""
+    return write_documents(out_dir, *generate_synthetic(n, seed))
+
+
+def main(argv: list[str] | None = None) -> None:
+    generator_main(__doc__.splitlines()[0], write_synthetic, 2000, argv)
 
 
 if __name__ == "__main__":
