@@ -329,3 +329,31 @@ def test_shipped_configs_parse(extra, tmp_path, monkeypatch):
     logger = type(cli.trainer.logger).__name__
     assert logger == ("CSVLogger" if extra == ["csv_logger.yaml"] else "WandbLogger")
     assert cli.trainer.checkpoint_callback.monitor == "val/loss"
+
+
+STANDALONE = sorted(p.name for p in (HERE.parents[2] / "configs" / "hypernet").glob("*.yaml")
+                    if p.read_text().splitlines()[0] == f"# hyperprag train --config configs/hypernet/{p.name}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STANDALONE)
+def test_every_standalone_config_builds_its_architecture(name, tmp_path, monkeypatch):
+    """Each config that heads with its own command builds the network its `hypernet.arch` names, with an
+    input that fits its encoder (GPU-only settings and second-stage starting points overridden here)."""
+    from hypernet.config import TOKEN_ARCHS
+    from training.hypernet_cli import HyperCLI, default_trainer
+    from training.hypernet_module import HyperLoRAModule
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(HERE.parents[2] / "configs" / "hypernet" / name), "--model.init_from", "null",
+            "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]
+    cli = HyperCLI(HyperLoRAModule, HyperDataModule, args=args, run=False, trainer_defaults=default_trainer())
+    model, dm = cli.model, cli.datamodule
+    arch = model.config.arch
+    expected = {"hyperlora": "HyperLoRA", "dyprag": "DyPRAGBaseline", "perceiver": "PerceiverLoRA",
+                "outer": "OuterLoRA", "memory": "MemoryLoRA"}[arch]
+    assert type(model.hypernet).__name__ == expected
+    assert (dm.encoder.kind == "tokens") == (arch in TOKEN_ARCHS)
+    assert {m: s[0] for m, s in model.shapes.items()} == {m: 30 for m in model.spec.target_modules}  # SmolLM2
+    if arch in TOKEN_ARCHS:  # the generated slots fit in the rank beside the document-independent ones
+        assert model.spec.rank > model.config.bias_rank
