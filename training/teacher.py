@@ -270,11 +270,12 @@ class AnchorLogprobs:
 
 
 def train_group(model: nn.Module, examples: Sequence[Sequence[Example]], config: TeacherConfig, pad_id: int,
-                init: LoraWeights | None = None, doc_ids: Sequence[str] | None = None
-                ) -> tuple[list[LoraWeights], list[dict]]:
+                init: LoraWeights | None = None, doc_ids: Sequence[str] | None = None,
+                on_step: Callable[[int, int], None] | None = None) -> tuple[list[LoraWeights], list[dict]]:
     """Train one adapter per entry of `examples` (one list per document) together; exact per document.
 
     `init` (unbatched) overrides the seeded PEFT-style init. Returns the adapters and per-document stats.
+    `on_step(done, total)` is called after every optimizer step of the group (progress bars, ETAs).
     LoRA weights train in float32 (float64 when the base model is float64, as the exactness test uses).
     A NaN/inf loss or gradient follows `config.on_nonfinite`; `doc_ids` name the documents in its messages.
     """
@@ -296,7 +297,8 @@ def train_group(model: nn.Module, examples: Sequence[Sequence[Example]], config:
     kl = config.anchor_loss == "kl"
     token_weight = torch.tensor([1.0, config.anchor_weight], device=device, dtype=dtype)
     anchor_targets = AnchorLogprobs(model)
-    for step in range(max(len(p) for p in plans)):
+    total_steps = max(len(p) for p in plans)
+    for step in range(total_steps):
         active = [d for d in range(k) if step < len(plans[d])]
         pos = {d: i for i, d in enumerate(active)}
         batch_ex = [examples[d][j] for d in active for j in plans[d][step]]
@@ -348,6 +350,8 @@ def train_group(model: nn.Module, examples: Sequence[Sequence[Example]], config:
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(group["params"], config.grad_clip)
         opt.step()  # documents without a gradient this step (finished) are skipped by AdamW entirely
+        if on_step is not None:
+            on_step(step + 1, total_steps)
     out, stats = [], []
     for d in range(k):
         steps_per_epoch = len(plans[d]) // config.epochs
@@ -424,13 +428,14 @@ def document_examples(tokenizer, documents: Sequence[Document], augmentations: S
 
 
 def train_documents(model: nn.Module, tokenizer, documents: Sequence[Document], augmentations: Sequence,
-                    config: TeacherConfig | None = None, on_group: Callable[[int], None] | None = None
-                    ) -> list[LoraWeights]:
+                    config: TeacherConfig | None = None, on_group: Callable[[int], None] | None = None,
+                    on_step: Callable[[int, int], None] | None = None) -> list[LoraWeights]:
     """One trained adapter per document (in input order), K = config.docs_per_step at a time.
 
     Documents are grouped by their number of optimizer steps, so a group rarely waits for a long one;
     results do not depend on the grouping. Each adapter's `meta` holds its steps, losses and seconds.
-    `on_group(n)` is called after each group of n documents (progress bars).
+    `on_group(n)` is called after each group of n documents, `on_step(done, total)` after each optimizer
+    step of a group (progress bars).
     """
     config = config or TeacherConfig()
     per_doc = document_examples(tokenizer, documents, augmentations, config, model)
@@ -442,7 +447,7 @@ def train_documents(model: nn.Module, tokenizer, documents: Sequence[Document], 
         idx = order[start:start + config.docs_per_step]
         t0 = time.perf_counter()
         adapters, stats = train_group(model, [per_doc[i] for i in idx], config, pad_id,
-                                      doc_ids=[documents[i].id for i in idx])
+                                      doc_ids=[documents[i].id for i in idx], on_step=on_step)
         seconds = (time.perf_counter() - t0) / len(idx)
         for i, w, s in zip(idx, adapters, stats, strict=True):
             w.meta = {**s, "seconds": round(seconds, 4), "group_size": len(idx)}
@@ -502,6 +507,13 @@ def train_corpus(model_name: str, corpus: str | Path, store: str | Path, config:
     model, tokenizer = load_base_model(model_name, dtype=config.dtype, device=device)
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="doc", desc=f"teacher {shard}", disable=not progress)
+    steps_bar = tqdm(total=0, unit="step", desc="  group of documents", position=1, leave=False,
+                     disable=not progress)
+
+    def on_step(done: int, total: int) -> None:  # optimizer steps of the group in flight, with its ETA
+        if done == 1:
+            steps_bar.reset(total=total)
+        steps_bar.update(1)
     try:
         for g in range(0, len(todo), config.docs_per_step):
             group = todo[g:g + config.docs_per_step]
@@ -517,7 +529,8 @@ def train_corpus(model_name: str, corpus: str | Path, store: str | Path, config:
                     log.warning("skipping %s: %s", doc.id, err)
                     summary["failed"].append({"id": doc.id, "error": str(err)})
             if keep:
-                adapters = train_documents(model, tokenizer, [d for d, _ in keep], [a for _, a in keep], config)
+                adapters = train_documents(model, tokenizer, [d for d, _ in keep], [a for _, a in keep], config,
+                                           on_step=on_step)
                 for (doc, aug), w in zip(keep, adapters, strict=True):
                     meta = {**w.meta, "content_hash": doc.content_hash, "qa_pairs": len(aug.qa),
                             "rewrites": len(aug.rewrites)}
@@ -526,6 +539,7 @@ def train_corpus(model_name: str, corpus: str | Path, store: str | Path, config:
                 summary["trained"] += len(keep)
             bar.update(len(group))
     finally:
+        steps_bar.close()
         bar.close()
         out.flush()
     summary["seconds"] = round(time.perf_counter() - start, 3)

@@ -124,6 +124,20 @@ def test_batched_equals_sequential_peft(model_fixture, k, max_tokens, tiny_token
     assert (adapters[0].B["up_proj"] - adapters[1].B["up_proj"]).abs().max() > 1e-3
 
 
+def test_every_optimizer_step_reports_progress(tiny_llama, tiny_tokenizer):
+    """on_step sees each step of each group once, with the group's step count as total (tqdm's ETA)."""
+    docs, augs = _docs()
+    calls: list[tuple[int, int]] = []
+    config = TeacherConfig(epochs=1, lr=1e-2, docs_per_step=2)
+    adapters = train_documents(tiny_llama, tiny_tokenizer, docs[:3], augs[:3], config,
+                               on_step=lambda done, total: calls.append((done, total)))
+    longest = max(a.meta["steps"] for a in adapters)
+    assert calls[0] == (1, longest)  # groups run longest first
+    per_group = [c for c in calls if c[0] == c[1]]  # the last step of each group
+    assert len(per_group) == 2 and len(calls) == sum(t for _, t in per_group)
+    assert all(d == prev + 1 or d == 1 for (prev, _), (d, _) in zip(calls, calls[1:], strict=False))
+
+
 def test_base_model_stays_frozen(tiny_llama, tiny_tokenizer):
     before = {n: p.clone() for n, p in tiny_llama.state_dict().items()}
     docs, augs = _docs()
