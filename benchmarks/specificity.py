@@ -57,7 +57,7 @@ def write_data(out: Path, train_docs: int, test_docs: int) -> tuple[Path, Path]:
 
 def train_arm(config: Path, run_dir: Path, train_dir: Path, extra: list[str]) -> tuple[Path, dict]:
     """Fit one arm with `hyperprag train` (LightningCLI) on the training documents; the exported folder and
-    the fit's wall time per optimizer step (read back from its log when it was trained earlier)."""
+    the fit's wall time over the steps this process trained (read back when it was trained earlier)."""
     from training.hypernet_cli import run_train
 
     hypernet = run_dir / "hypernet"
@@ -67,14 +67,20 @@ def train_arm(config: Path, run_dir: Path, train_dir: Path, extra: list[str]) ->
                 "--trainer.logger.init_args.save_dir", str(run_dir),
                 "--data.corpus", str(train_dir / "corpus.jsonl"),
                 "--data.questions", json.dumps([str(train_dir / "questions.jsonl")]), *extra]
-        if (run_dir / "checkpoints" / "last.ckpt").exists():
-            args += ["--ckpt_path", "last"]  # a killed fit resumes
+        resumed_at = 0
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.exists():  # a killed fit resumes; Lightning loads this same file of the run's own
+            import torch
+
+            resumed_at = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"])
+            args += ["--ckpt_path", "last"]
         start = time.perf_counter()
         run_train(args)
         from hypernet.checkpoint import read_config
 
         steps = read_config(hypernet)["meta"].get("trained_steps") or 1
-        atomic_write_json(timing_file, {"fit_seconds": time.perf_counter() - start, "steps": steps})
+        atomic_write_json(timing_file, {"fit_seconds": time.perf_counter() - start, "steps": steps,
+                                        "timed_steps": max(1, steps - resumed_at)})
     timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     return hypernet, timing
 
@@ -126,7 +132,7 @@ def format_table(results: dict) -> str:
         r = res["rows"]
         gap = r["other document"]["answer_nll"] - r["own document"]["answer_nll"]
         t = res.get("timing") or {}
-        per_step = f"{t['fit_seconds'] / t['steps']:.1f}" if t.get("steps") else "-"
+        per_step = f"{t['fit_seconds'] / t.get('timed_steps', t['steps']):.1f}" if t.get("steps") else "-"
         lines.append(f"| {arm} | {data} | {gap:.3f} | {r['own document']['em']:.3f} | {res['cosine']:.3f} | "
                      f"{per_step} | {t.get('steps', '-')} |")
     return "\n".join(lines)
