@@ -33,25 +33,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hyperprag.core.data import load_corpus, load_questions, write_jsonl  # noqa: E402
+from hyperprag.core.data import load_corpus, load_questions  # noqa: E402
 from hyperprag.core.io import atomic_write_json, atomic_write_text  # noqa: E402
 from hyperprag.demo.keyvalue import generate_keyvalue  # noqa: E402
+from hyperprag.demo.synth import write_documents  # noqa: E402
 
 
 def write_data(out: Path, train_docs: int, test_docs: int) -> tuple[Path, Path]:
     """OUT/data/train and OUT/data/test (corpus.jsonl + questions.jsonl), test names disjoint from train."""
     train_dir, test_dir = out / "data" / "train", out / "data" / "test"
     if not (train_dir / "questions.jsonl").exists():
-        docs, qs = generate_keyvalue(train_docs, seed=0)
-        write_jsonl(train_dir / "corpus.jsonl", docs)
-        write_jsonl(train_dir / "questions.jsonl", qs)
+        write_documents(train_dir, *generate_keyvalue(train_docs, seed=0))
     if not (test_dir / "questions.jsonl").exists():
         seen = {d.title for d in load_corpus(train_dir / "corpus.jsonl")}
         docs, qs = generate_keyvalue(test_docs + test_docs // 4 + 10, seed=1)
         docs = [d for d in docs if d.title not in seen][:test_docs]
         hashes = {d.content_hash for d in docs}
-        write_jsonl(test_dir / "corpus.jsonl", docs)
-        write_jsonl(test_dir / "questions.jsonl", [q for q in qs if q.passages[0].content_hash in hashes])
+        write_documents(test_dir, docs, [q for q in qs if q.passages[0].content_hash in hashes])
     return train_dir, test_dir
 
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from hypernet.checkpoint import save_hypernet
 from hypernet.config import KL_POSITIONS, PARAM_LOSSES, TOKEN_ARCHS, EncoderSpec, HyperNetConfig, LossWeights
-from hypernet.encoders import DocStates, TokenStateEncoder, encoder_dim
+from hypernet.encoders import DocStates, TokenStateEncoder, build_encoder, encoder_dim
 from hypernet.losses import (
     coord_loss,
     deltaw_cosine,
@@ -227,9 +227,7 @@ class HyperLoRAModule(pl.LightningModule):
         """The base model as the token-level networks' encoder (built on first use)."""
         enc = self.__dict__.get("_token_encoder")
         if enc is None or enc.model is not self.base:
-            enc = TokenStateEncoder(self.base, self.tokenizer, layers=self.spec.layers,
-                                    max_length=self.encoder_spec.max_length,
-                                    token_states=self.encoder_spec.token_states)
+            enc = build_encoder(self.encoder_spec, self.base, self.tokenizer, layers=self.spec.layers)
             self.__dict__["_token_encoder"] = enc
         return enc
 
