@@ -127,6 +127,10 @@ class LossWeights:
     ctx: float = 0.0
     """KL(base model with the document in its prompt || student closed-book) at the answer tokens
     (in-context distillation; needs the data module's `context_kl`)."""
+    anchor: float = 0.0
+    """KL(base || base with the generated adapter) over general questions that are not about the document,
+    answered by the base model itself (keeps answers the document has nothing to say about; needs the
+    module's `anchors`)."""
 
     def to_dict(self) -> dict:
         return asdict(self)

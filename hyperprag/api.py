@@ -45,7 +45,7 @@ class HyperPRAG:
     """A base model with its hypernetwork (and optionally an adapter store), ready to parameterize and answer."""
 
     def __init__(self, model, tokenizer, hypernet=None, encoder=None, store=None, max_new_tokens: int = 20,
-                 batch_size: int = 8, composition: str = "cat"):
+                 batch_size: int = 8, composition: str = "cat", mcq_scoring: str = "generate"):
         """`hypernet`: a LoadedHypernet with its `encoder`; `store`: an open AdapterStore; the rest go to Answerer."""
         from inference.parameterize import OnTheFlySource
         from inference.sources import StoreSource
@@ -53,6 +53,7 @@ class HyperPRAG:
         self.model, self.tokenizer = model, tokenizer
         self.hypernet, self.encoder = hypernet, encoder
         self.max_new_tokens, self.batch_size, self.composition = max_new_tokens, batch_size, composition
+        self.mcq_scoring = mcq_scoring  # multiple choice: generate | likelihood (inference/modes.py)
         self.documents: dict[str, Document] = {}  # every document seen, by id (passages and on-the-fly adapters)
         generated = store is not None and (store.settings or {}).get("source") == "hypernet"
         self.teacher = None if store is None or generated else store  # teacher LoRAs: prag modes
@@ -69,7 +70,7 @@ class HyperPRAG:
         `hypernet=None` takes the checkpoint shipped for an embedded model, if there is one. `store` is a
         teacher store (prag modes) or a generated one (`hyperprag parameterize`, hyper modes); a generated
         store passed as `hypernet` is taken as `store`, as the CLI does. `kwargs`: max_new_tokens,
-        batch_size, composition (see __init__).
+        batch_size, composition, mcq_scoring (see __init__).
         """
         from hyperprag.pipeline import shipped_checkpoint
         from inference.parameterize import load_for_model
@@ -143,7 +144,8 @@ class HyperPRAG:
             retriever = build_retriever(retriever or "bm25", list({d.id: d for d in docs}.values()))
         return make_answerer(self.model, self.tokenizer, self.documents, retriever=retriever, top_k=top_k,
                              teacher=self.teacher, hyper=self._hyper, composition=self.composition,
-                             max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+                             max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                             mcq_scoring=self.mcq_scoring)
 
     def answer(self, questions: Sequence[QuestionLike], documents: Sequence[DocumentLike] | None = None,
                retriever=None, mode: str = "hyper", top_k: int = 3) -> list[str]:

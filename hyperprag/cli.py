@@ -17,7 +17,7 @@ from typing import Literal
 
 from hyperprag.core.errors import InputError
 from hyperprag.core.models import DEFAULT_MODEL
-from inference.modes import Mode
+from inference.modes import McqScoring, Mode
 
 DEFAULT_MODES = ("vanilla", "rag")
 DEBUG_FLAG = "--debug"
@@ -82,6 +82,7 @@ def eval(  # noqa: A001 - the verb users type
     batch_size: int = 8,
     max_new_tokens: int = 20,
     answer_loss: bool = False,
+    mcq_scoring: McqScoring = "generate",
     on_error: OnError = "fail",
 ) -> dict:
     """Answer a question file in several modes and score it (EM/F1 or accuracy); resumable.
@@ -105,6 +106,8 @@ def eval(  # noqa: A001 - the verb users type
         batch_size: Questions generated together.
         max_new_tokens: Generation length.
         answer_loss: Also compute the mean loss per gold-answer token.
+        mcq_scoring: Multiple choice: generate (read the letter off greedy text) or likelihood (the option
+            whose text is likeliest as the answer, per token).
         on_error: fail or skip bad input records.
     """
     from hyperprag.session import build_answerer, load_eval_inputs
@@ -113,7 +116,7 @@ def eval(  # noqa: A001 - the verb users type
     qs, docs = load_eval_inputs(questions, corpus, on_error=on_error, limit=limit, offset=offset)
     answerer = build_answerer(docs, model=model, dtype=dtype, retriever=retriever, index=index, top_k=top_k,
                               store=store, hypernet=hypernet, composition=composition,
-                              max_new_tokens=max_new_tokens, batch_size=batch_size)
+                              max_new_tokens=max_new_tokens, batch_size=batch_size, mcq_scoring=mcq_scoring)
     metrics = evaluate(answerer, qs, modes, out, batch_size=batch_size, with_nll=answer_loss)
     print(format_table(metrics))
     print(f"\nmetrics: {Path(out) / 'metrics.json'} (per dataset and type: {Path(out) / 'metrics.md'})")

@@ -68,7 +68,7 @@ def load_eval_inputs(questions: str, corpus: str | None, on_error: str = "fail",
 def build_answerer(docs: list[Document], model: str = DEFAULT_MODEL, dtype: str = "float32",
                    retriever: str = "bm25", index: str | None = None, top_k: int = 3, store: str | None = None,
                    hypernet: str | None = None, composition: str = "cat", max_new_tokens: int = 20,
-                   batch_size: int = 8, loaded=None):
+                   batch_size: int = 8, loaded=None, mcq_scoring: str = "generate"):
     """The command line's `Answerer` over `docs`, from names and paths: the base model, a saved retrieval
     index, a teacher store, a hypernetwork or generated store (each checked against the model before
     anything is answered). `loaded` reuses an already loaded (model, tokenizer)."""
@@ -86,7 +86,8 @@ def build_answerer(docs: list[Document], model: str = DEFAULT_MODEL, dtype: str 
         teacher = AdapterStore.open(store, expect_base_model=model).check_fits(base)
     hyper = load_hyper_source(hypernet, base, tokenizer, docs, model) if hypernet else None
     return make_answerer(base, tokenizer, docs, retriever=retriever, top_k=top_k, teacher=teacher, hyper=hyper,
-                         composition=composition, max_new_tokens=max_new_tokens, batch_size=batch_size)
+                         composition=composition, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         mcq_scoring=mcq_scoring)
 
 
 def load_hyper_source(path: str, base, tokenizer, docs: list[Document], model_name: str):

@@ -18,12 +18,11 @@ from hyperprag.core.lora import LoraSpec, LoraWeights
 from hyperprag.core.metrics import extract_answer
 from hyperprag.core.prompts import answer_completion, answer_prompt
 from hyperprag.core.store import AdapterStore
-from inference.generate import answer_nll, generate
-from inference.modes import ADAPTER_MODES, MODES, PASSAGE_MODES, TEACHER_MODES, check_mode
+from inference.generate import answer_nll, generate, option_nll
+from inference.modes import ADAPTER_MODES, MCQ_SCORING, MODES, PASSAGE_MODES, TEACHER_MODES, check_mode
 from inference.sources import AdapterSource, as_source
 
-__all__ = ["MODES", "Answerer", "Prediction", "Retrieval", "make_answerer"]
-
+__all__ = ["MCQ_SCORING", "MODES", "Answerer", "Prediction", "Retrieval", "make_answerer"]
 
 class Retriever(Protocol):
     def search(self, queries: list[str], k: int) -> list[list[tuple[str, float]]]: ...
@@ -88,8 +87,11 @@ class Answerer:
     batch_size: int = 8
     retrieval: str = "retriever"  # "retriever" or "gold"
     stop_at_answer: bool = True  # end generation once the extracted answer is final (same answers, faster)
+    mcq_scoring: str = "generate"  # multiple choice: generate | likelihood (MCQ_SCORING)
 
     def __post_init__(self) -> None:
+        if self.mcq_scoring not in MCQ_SCORING:
+            raise ValueError(f"mcq_scoring {self.mcq_scoring!r} is not one of {', '.join(MCQ_SCORING)}")
         self.teacher, self.hyper = as_source(self.teacher, self.corpus), as_source(self.hyper, self.corpus)
         self.finder = Retrieval(self.corpus, self.retriever, self.top_k, self.retrieval == "gold")
 
@@ -131,16 +133,30 @@ class Answerer:
         """Answer a batch of questions; latency is the batch's wall time divided by its size."""
         start = time.perf_counter()
         prompts, adapters, doc_ids, spec = self.prompts_and_adapters(questions, mode)
-        raw = generate(self.model, self.tokenizer, prompts, adapters, spec, self.max_new_tokens, self.batch_size,
-                       stop_at_answer=self.stop_at_answer)
+        scored = [i for i, q in enumerate(questions) if q.options] if self.mcq_scoring == "likelihood" else []
+        raw: list[str] = [""] * len(questions)
+        extra: list[dict] = [{} for _ in questions]
+        for i in scored:
+            options = questions[i].options
+            nll = option_nll(self.model, self.tokenizer, prompts[i], [answer_completion(t) for t in options.values()],
+                             adapters[i], spec)
+            by_letter = dict(zip(options, nll, strict=True))
+            raw[i] = min(by_letter, key=by_letter.__getitem__)  # the letter of the likeliest option
+            extra[i] = {"option_nll": by_letter}
+        rest = [i for i in range(len(questions)) if i not in set(scored)]
+        if rest:
+            texts = generate(self.model, self.tokenizer, [prompts[i] for i in rest], [adapters[i] for i in rest],
+                             spec, self.max_new_tokens, self.batch_size, stop_at_answer=self.stop_at_answer)
+            for i, t in zip(rest, texts, strict=True):
+                raw[i] = t
         seconds = (time.perf_counter() - start) / max(len(questions), 1)
         nll: list[float | None] = [None] * len(questions)
         if with_nll:
             completions = [answer_completion(q.answers[0]) for q in questions]
             nll = answer_nll(self.model, self.tokenizer, prompts, completions, adapters, spec, self.batch_size)
         return [Prediction(q.id, mode, extract_answer(r), r, ids, seconds,
-                           len(self.tokenizer(p, add_special_tokens=False)["input_ids"]), n)
-                for q, r, ids, p, n in zip(questions, raw, doc_ids, prompts, nll, strict=True)]
+                           len(self.tokenizer(p, add_special_tokens=False)["input_ids"]), n, x)
+                for q, r, ids, p, n, x in zip(questions, raw, doc_ids, prompts, nll, extra, strict=True)]
 
 
 def make_answerer(model, tokenizer, documents: Iterable[Document] | Mapping[str, Document],
@@ -151,7 +167,7 @@ def make_answerer(model, tokenizer, documents: Iterable[Document] | Mapping[str,
 
     `retriever`: "gold" (each question's own passages), "bm25" or "dense" (built over `documents`; none
     when there are none), "none" or None (vanilla only), or any object with `search(queries, k)`.
-    `options`: further Answerer fields (stop_at_answer).
+    `options`: further Answerer fields (stop_at_answer, mcq_scoring).
     """
     corpus = documents if isinstance(documents, Mapping) else {d.id: d for d in documents}
     gold = retriever == "gold"

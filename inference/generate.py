@@ -141,3 +141,32 @@ def answer_nll(model, tokenizer, prompts: Sequence[str], completions: Sequence[s
             logits, targets, rows = target_logits(model, input_ids.to(device), labels.to(device), attn.to(device))
         results.extend(per_row_nll(logits, targets, rows, len(seqs)).tolist())
     return results
+
+
+@torch.no_grad()
+def option_nll(model, tokenizer, prompt: str, completions: Sequence[str], adapter: LoraWeights | None = None,
+               spec: LoraSpec | None = None) -> list[float]:
+    """Mean negative log-likelihood per token of each of a question's option `completions` after its prompt.
+
+    The multiple-choice scoring of lm-evaluation-harness (length-normalized log-likelihood, lowest NLL
+    wins). The options are one right-padded batch with one adapter: they share the whole prompt, which the
+    decoder runs once (hyperprag/core/lm.py's shared prefix) and each option only its own tokens.
+    """
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    if not c_ids or any(not c for c in c_ids):
+        raise ValueError(f"option completions must be non-empty texts, got {list(completions)!r}")
+    width = len(p_ids) + max(len(c) for c in c_ids)
+    input_ids = torch.full((len(c_ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    attn = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, IGNORE)
+    for i, c in enumerate(c_ids):
+        n = len(p_ids) + len(c)
+        input_ids[i, :n] = torch.tensor(p_ids + c)
+        attn[i, :n] = 1
+        labels[i, len(p_ids):n] = torch.tensor(c)
+    device = next(model.parameters()).device
+    # handing the adapter itself (even None) makes every row one group: the prompt runs once
+    logits, targets, rows = target_logits(model, input_ids.to(device), labels.to(device), attn.to(device),
+                                          adapter=(spec, adapter))
+    return per_row_nll(logits, targets, rows, len(c_ids)).tolist()

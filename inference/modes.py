@@ -26,6 +26,12 @@ HYPER_MODES = ("hyper", "hyper-combine")
 ADAPTER_MODES = TEACHER_MODES + HYPER_MODES
 
 
+McqScoring = Literal["generate", "likelihood"]
+MCQ_SCORING: tuple[str, ...] = get_args(McqScoring)
+"""How a multiple-choice question is answered: generate (greedy text, the letter read off it) | likelihood
+(each option's text scored as the answer's continuation, per token; lm-evaluation-harness's way)."""
+
+
 def check_mode(mode: str) -> str:
     """`mode` if it is one of MODES, else a ValueError listing them."""
     if mode not in MODES:

@@ -165,3 +165,22 @@ def test_gold_passages_find_the_adapters_teach_made_from_the_corpus(tmp_path, ti
                         *model, "--out", str(tmp_path / "bare-eval"))
     last = err.split("\n")[-2]  # the progress bar ended its own line first
     assert code == 1 and last.startswith("hyperprag: error: document 'p0'") and last.endswith("(--corpus)")
+
+
+def test_eval_scores_multiple_choice_by_likelihood(tmp_path, tiny_model_dir):
+    """`eval --mcq_scoring likelihood`: every prediction is the letter of the option with the lowest
+    per-token NLL it records, and accuracy counts those letters against the gold ones."""
+    rows = [{"id": f"m{i}", "question": f"Which word is {i}?", "answers": [gold, opts[gold]], "options": opts}
+            for i, (gold, opts) in enumerate([("A", {"A": "red", "B": "green"}), ("B", {"A": "one", "B": "two",
+                                                                                        "C": "three"})])]
+    questions = tmp_path / "mc.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    metrics = main(["eval", str(questions), "--modes", "[vanilla]", "--model", str(tiny_model_dir),
+                    "--mcq_scoring", "likelihood", "--out", str(out)])
+    preds = [json.loads(line) for line in (out / "predictions" / "vanilla.jsonl").read_text().splitlines()]
+    for p, r in zip(preds, rows, strict=True):
+        nll = p["extra"]["option_nll"]
+        assert list(nll) == list(r["options"]) and p["prediction"] == min(nll, key=nll.get)
+    assert metrics["vanilla"]["all"]["acc"] == pytest.approx(
+        sum(p["prediction"] == r["answers"][0] for p, r in zip(preds, rows, strict=True)) / 2)

@@ -8,7 +8,9 @@ The network reads a pooled document embedding (`batch["emb"]`) or, for token-lev
 document's tokens, which become the frozen base model's per-layer token states here (no gradients).
 Losses: the parameter loss against each document's teacher LoRA, KL from the teacher-adapted model, the
 answer cross-entropy of the document's closed-book QA, and KL from the base model with the document in
-its prompt (in-context distillation); documents without a teacher train on the last two only.
+its prompt (in-context distillation); documents without a teacher train on the last two only. An anchor
+term (KL from the plain model on general questions through each generated adapter, as the teacher's KL
+anchors) keeps answers that have nothing to do with the document.
 
 Validation (held-out documents) logs, besides the training losses: the answer loss with the document's
 own generated adapter, with another document's (the batch rolled by one) and their gap (>0 means the
@@ -70,7 +72,7 @@ class HyperLoRAModule(pl.LightningModule):
                  teacher_spec: LoraSpec | None = None, encoder: EncoderSpec | None = None,
                  shapes: dict[str, tuple[int, int, int]] | None = None, em_batches: int = 1,
                  em_max_new_tokens: int = 16, export_dir: str | None = None, on_nonfinite: str = "stop",
-                 init_from: str | None = None):
+                 init_from: str | None = None, anchors: int = 0):
         """
         Args:
             hypernet: architecture and size of the hypernetwork.
@@ -96,6 +98,8 @@ class HyperLoRAModule(pl.LightningModule):
                 only, since DDP ranks must step together).
             init_from: a trained hypernetwork folder whose weights start this fit (a second stage on other
                 data); it must have this module's architecture, LoRA spec and shapes.
+            anchors: general questions per document and step (answered by the base model itself, from the
+                teacher's anchor pool) on which the `anchor` loss keeps the adapted model's distributions.
         """
         super().__init__()
         if param_loss not in PARAM_LOSSES:
@@ -106,6 +110,8 @@ class HyperLoRAModule(pl.LightningModule):
             raise ValueError(f"schedule {schedule!r} is not 'cosine' or 'constant'")
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite {on_nonfinite!r} is not 'stop' or 'skip'")
+        if anchors < 0:
+            raise ValueError(f"anchors must be >= 0, got {anchors}")
         self.save_hyperparameters(ignore=["hypernet", "loss_weights", "spec", "teacher_spec", "encoder", "shapes"])
         self.spec = _coerce(LoraSpec, spec)
         self.teacher_spec = _coerce(LoraSpec, teacher_spec) if teacher_spec is not None else None
@@ -324,6 +330,31 @@ class HyperLoRAModule(pl.LightningModule):
                              f"{student_answer_logits.shape[0]}: the two must be the same QA sequences")
         return kl_loss(c_logits, student_answer_logits, self.hparams.kl_temperature)
 
+    def _anchor_kl(self, student: LoraWeights, fixed: bool = False) -> Tensor:
+        """Mean KL(base || base + document d's generated adapter) over every token of `anchors` general
+        questions per document; training walks through the pool step by step, validation (`fixed`) always
+        takes its first ones. The base model's distributions are computed once per anchor (AnchorLogprobs)."""
+        from training.sequences import anchor_examples, collate
+        from training.teacher import AnchorLogprobs, anchor_pool, token_losses
+
+        cached = self.__dict__.get("_anchors")
+        if cached is None or cached[0] is not self.base:
+            pool = anchor_examples(self.tokenizer, anchor_pool(self.base, self.tokenizer), max_length=256)
+            if not pool:
+                raise ValueError("the base model answered none of the anchor questions; set anchors: 0")
+            cached = (self.base, pool, AnchorLogprobs(self.base))
+            self.__dict__["_anchors"] = cached
+        _, pool, targets = cached
+        b, n = next(iter(student.A.values())).shape[0], self.hparams.anchors
+        start = 0 if fixed else self.global_step * b * n
+        picks = [pool[(start + i) % len(pool)] for i in range(b * n)]
+        batch = {k: v.to(self.device) for k, v in collate(picks, self.tokenizer.pad_token_id).items()}
+        rows = torch.ones(b * n, dtype=torch.bool, device=self.device)
+        groups = torch.arange(b, device=self.device).repeat_interleave(n)  # [b*n]: each row's document
+        kl, _ = token_losses(self.base, batch, rows, targets(batch, rows), adapter=(self.spec, student),
+                             groups=groups)
+        return kl.mean()
+
     def compute_losses(self, batch: dict, full: bool = False) -> tuple[Tensor, dict[str, Tensor], LoraWeights]:
         """(weighted total, every component, the generated adapters)."""
         w = self.loss_weights
@@ -335,9 +366,11 @@ class HyperLoRAModule(pl.LightningModule):
             parts.update(self._param_losses(student.select(has), teacher[0].select(has)))
         if "input_ids" in batch and (full or w.kl > 0 or w.lm > 0 or w.ctx > 0):
             parts.update(self._function_losses(batch, student, teacher, full))
+        if self.hparams.get("anchors", 0) and (full or w.anchor > 0):
+            parts["anchor"] = self._anchor_kl(student, fixed=full)
         zero = next(iter(student.A.values())).sum() * 0.0
         total = (w.param * parts.get("param", zero) + w.kl * parts.get("kl", zero) + w.lm * parts.get("lm", zero)
-                 + w.ctx * parts.get("ctx", zero))
+                 + w.ctx * parts.get("ctx", zero) + w.anchor * parts.get("anchor", zero))
         parts["loss"] = total
         return total, parts, student
 

@@ -237,6 +237,14 @@ def tokenize_text(tokenizer, text: TrainingText, options: SequenceOptions,
     return [Example(text.doc_index, text.kind, prompt + target, labels)]
 
 
+def anchor_examples(tokenizer, pool: Sequence[tuple[str, str]], max_length: int) -> list[Example]:
+    """Every (question, base model's answer) of `pool` as a KL anchor sequence (every token a target): for
+    losses that keep an adapter from changing answers that are not about its document."""
+    options = SequenceOptions(kinds=("qa_closed",), max_length=max_length, anchor_loss="kl")
+    return [ex for q, a in pool
+            for ex in tokenize_text(tokenizer, TrainingText(0, "anchor", answer_completion(a), q), options)]
+
+
 def build_examples(tokenizer, doc: Document, aug, options: SequenceOptions, doc_index: int = 0,
                    anchor_pool: Sequence[tuple[str, str]] = ()) -> tuple[list[Example], BuildStats]:
     """All tokenized training examples of one document, in a fixed order, and their counts."""

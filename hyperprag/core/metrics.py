@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
@@ -126,6 +127,17 @@ def extract_choice(text: str, options: dict[str, str]) -> str | None:
 def choice_accuracy(pred: str, options: dict[str, str], gold_letter: str) -> float:
     """1.0 if the generation picks the gold option."""
     return float(extract_choice(pred, options) == gold_letter)
+
+
+def wilson_interval(correct: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy of `correct` out of `n` (95% at z = 1.96): unlike the
+    normal approximation it stays inside [0, 1] and is honest at small n and extreme rates."""
+    if n <= 0:
+        raise ValueError("an interval needs at least one question")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def contains_answer(text: str, answers: str | Sequence[str]) -> float:

@@ -129,3 +129,47 @@ def test_evaluate_reports_recall_of_the_supporting_passages(answerer, tmp_path):
     assert metrics["rag"]["all"]["recall"] == pytest.approx((1 + 0.5 + 1 + 1) / 4)
     header = (tmp_path / "metrics.md").read_text().splitlines()[2]
     assert header.startswith("| mode |") and "| recall |" in header
+
+
+def mc_questions(n=3):
+    opts = {"A": "word0", "B": "a much longer option text", "C": "word2"}
+    return [Question(f"m{i}", f"What does document say {i % 4}", [["A", "B", "C"][i % 3], opts[["A", "B", "C"][i % 3]]],
+                     "toy-mc", None, [], options=dict(opts)) for i in range(n)]
+
+
+def test_likelihood_scoring_picks_the_option_of_lowest_nll_per_token(answerer, tiny_llama, tiny_tokenizer):
+    """Each option's NLL equals answer_nll of its completion with the question's own composed adapter (the
+    shared-prompt batch changes no number), the likeliest option's letter is the prediction, and questions
+    without options in the same batch are generated as before."""
+    from hyperprag.core.prompts import answer_completion
+    from inference.generate import answer_nll
+
+    answerer.mcq_scoring = "likelihood"
+    qs = mc_questions(3) + questions(1)
+    preds = answerer.answer(qs, "prag")
+    prompts, adapters, _, spec = answerer.prompts_and_adapters(qs, "prag")
+    for q, p, prompt, a in zip(qs[:3], preds[:3], prompts[:3], adapters[:3], strict=True):
+        completions = [answer_completion(t) for t in q.options.values()]
+        want = answer_nll(tiny_llama, tiny_tokenizer, [prompt] * 3, completions, [a] * 3, spec)
+        got = p.extra["option_nll"]
+        assert list(got) == ["A", "B", "C"]
+        assert list(got.values()) == pytest.approx(want, abs=1e-4)
+        assert p.prediction == min(got, key=got.get)
+    last = preds[3]
+    assert not last.extra and last.raw == generate(tiny_llama, tiny_tokenizer, [prompts[3]], adapters[3], spec,
+                                                   max_new_tokens=6)[0]
+
+
+def test_likelihood_scoring_is_scored_as_accuracy(answerer, tmp_path):
+    answerer.mcq_scoring = "likelihood"
+    qs = mc_questions(3)
+    metrics = evaluate(answerer, qs, ["vanilla"], tmp_path / "ev", progress=False)
+    recs = [json.loads(line) for line in (tmp_path / "ev" / "predictions" / "vanilla.jsonl").read_text().splitlines()]
+    expected = sum(r["prediction"] == q.answers[0] for r, q in zip(recs, qs, strict=True)) / 3
+    assert metrics["vanilla"]["all"]["acc"] == pytest.approx(expected)
+    assert all(set(r["extra"]["option_nll"]) == {"A", "B", "C"} for r in recs)
+
+
+def test_unknown_mcq_scoring_is_a_clear_error(tiny_llama, tiny_tokenizer):
+    with pytest.raises(ValueError, match="mcq_scoring 'vote'"):
+        make_answerer(tiny_llama, tiny_tokenizer, DOCS, retriever="none", mcq_scoring="vote")

@@ -357,3 +357,25 @@ def test_every_standalone_config_builds_its_architecture(name, tmp_path, monkeyp
     assert {m: s[0] for m, s in model.shapes.items()} == {m: 30 for m in model.spec.target_modules}  # SmolLM2
     if arch in TOKEN_ARCHS:  # the generated slots fit in the rank beside the document-independent ones
         assert model.spec.rank > model.config.bias_rank
+
+
+@pytest.mark.slow
+def test_the_shipped_memory_recipe_stages_compose(tmp_path, monkeypatch):
+    """The shipped checkpoint's third stage is the second stage's config with its override on top: the
+    anchor KL weighted 10, 40 steps from the second stage's result, its own run folder."""
+    from training.hypernet_cli import HyperCLI, default_trainer
+    from training.hypernet_module import HyperLoRAModule
+
+    monkeypatch.chdir(tmp_path)
+    folder = HERE.parents[2] / "configs" / "hypernet"
+    keep = folder / "smollm2_memory_keep.yaml"
+    assert keep.read_text().splitlines()[0] == ("# hyperprag train --config configs/hypernet/smollm2_memory_demo.yaml "
+                                                "--config configs/hypernet/smollm2_memory_keep.yaml")
+    args = ["--config", str(folder / "smollm2_memory_demo.yaml"), "--config", str(keep)]
+    cli = HyperCLI(HyperLoRAModule, HyperDataModule, args=args + ["--model.init_from", "null"], run=False,
+                   trainer_defaults=default_trainer())
+    model = cli.model
+    assert model.loss_weights.anchor == 10.0 and model.loss_weights.lm == 1.0 and model.hparams.anchors == 2
+    assert type(model.hypernet).__name__ == "MemoryLoRA" and cli.trainer.max_steps == 40
+    assert cli.config["model"]["warmup_steps"] == 5
+    assert cli.trainer.default_root_dir == "runs/hypernet/smollm2-memory-keep"

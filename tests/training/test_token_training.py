@@ -202,3 +202,42 @@ def test_init_from_a_trained_hypernetwork(tiny_llama, tiny_tokenizer, tmp_path):
         HyperLoRAModule(hypernet=HyperNetConfig(arch="perceiver", emb_dim=64, latent_dim=16, heads=4, blocks=1),
                         spec=GEN_SPEC, encoder=EncoderSpec(kind="tokens"), shapes=target_shapes(tiny_llama, GEN_SPEC),
                         init_from=str(folder))
+
+
+def test_anchor_kl_value_and_zero_at_the_plain_model(tiny_llama, tiny_tokenizer):
+    """The anchor loss is the mean over every anchor token of KL(base || base + the row's own document's
+    generated adapter), computed by hand one document at a time; a network still at its zero-B start (the
+    plain model) has none, and the term has gradients once B is not zero."""
+    import torch.nn.functional as F
+
+    from hyperprag.core.lm import target_logits
+    from hyperprag.core.lora import apply_lora
+    from training.sequences import anchor_examples, collate
+    from training.teacher import anchor_pool
+
+    items = _items(tiny_tokenizer, tiny_llama, 3)
+    dm = HyperDataModule.from_items(items, items, tiny_tokenizer.pad_token_id, batch_size=3,
+                                    encoder=EncoderSpec(kind="tokens"))
+    batch = next(iter(dm.val_dataloader()))
+    module = _module(tiny_llama, tiny_tokenizer, anchors=2,
+                     loss_weights=LossWeights(param=0.0, kl=0.0, lm=0.0, anchor=1.0))
+    _, parts, student = module.compute_losses(batch)
+    assert float(parts["anchor"].detach()) == pytest.approx(0.0, abs=1e-6)  # B starts at zero: the plain model
+    randomize_b(module.hypernet, std=0.3)
+    total, parts, student = module.compute_losses(batch, full=True)  # validation: the pool's first anchors
+    pool = anchor_examples(tiny_tokenizer, anchor_pool(tiny_llama, tiny_tokenizer), max_length=256)
+    kls = []
+    with torch.no_grad():
+        for d in range(3):
+            rows = collate(pool[2 * d:2 * d + 2], tiny_tokenizer.pad_token_id)
+            base, _, _ = target_logits(tiny_llama, rows["input_ids"], rows["labels"])
+            with apply_lora(tiny_llama, GEN_SPEC, student.select(d)):
+                adapted, _, _ = target_logits(tiny_llama, rows["input_ids"], rows["labels"])
+            kls.append(F.kl_div(adapted.log_softmax(-1), base.log_softmax(-1), log_target=True,
+                                reduction="none").sum(-1))
+    expected = torch.cat(kls).mean()
+    assert float(expected) > 1e-4
+    assert float(parts["anchor"]) == pytest.approx(float(expected), rel=1e-4)
+    assert float(total) == pytest.approx(float(parts["anchor"]), rel=1e-6)
+    total.backward()
+    assert module.hypernet.b_gain.grad is not None and float(module.hypernet.b_gain.grad.abs().sum()) > 0
