@@ -82,10 +82,9 @@ def option_support(q: Question, passages: Sequence[str]) -> tuple[float, float]:
 
 
 def chance(questions: Sequence[Question]) -> tuple[float, float]:
-    """(accuracy of a uniform guess, accuracy of always answering the most frequent gold option text)."""
+    """(accuracy of a uniform guess, accuracy of always answering the most frequent gold letter)."""
     uniform = sum(1 / len(q.options) for q in questions) / len(questions)
     counts: dict[str, int] = {}
     for q in questions:
-        key = normalize_answer(q.options[q.answers[0]])
-        counts[key] = counts.get(key, 0) + 1
+        counts[q.answers[0]] = counts.get(q.answers[0], 0) + 1
     return uniform, max(counts.values()) / len(questions)
