@@ -77,13 +77,13 @@ def run_model(model: str, args, sets: dict[str, list], corpus: list, index_paths
         if name in OWN:
             qs, docs = own_documents(qs, name)
             answerer = build_answerer(docs, model=model, retriever="gold", top_k=1, hypernet=hypernet and str(hypernet),
-                                      loaded=loaded, mcq_scoring="likelihood")
+                                      loaded=loaded, mcq_scoring=args.scoring)
             plans.append(("own", answerer, qs, modes))
         else:
             for i, kind in enumerate(args.retrievers):
                 answerer = build_answerer(corpus, model=model, retriever=kind, index=index_paths[kind],
                                           top_k=args.top_k, hypernet=hypernet and str(hypernet), loaded=loaded,
-                                          mcq_scoring="likelihood")
+                                          mcq_scoring=args.scoring)
                 plans.append((kind, answerer, qs, [m for m in modes if m != "vanilla" or i == 0]))
         for label, answerer, asked, cell_modes in plans:
             start = time.perf_counter()
@@ -98,14 +98,14 @@ def run_model(model: str, args, sets: dict[str, list], corpus: list, index_paths
                     subsets = {m: taught for m in cell_modes if m.startswith("prag")}
                 else:  # teachers only for the sets with their own documents
                     cell_modes = [m for m in cell_modes if not m.startswith("prag")]
-            metrics = evaluate(answerer, asked, cell_modes, base / name / f"likelihood-{label}", progress=False,
+            metrics = evaluate(answerer, asked, cell_modes, base / name / f"{args.scoring}-{label}", progress=False,
                                subsets=subsets)
-            row = {"model": model, "set": name, "retrieval": label, "chance_uniform": uniform,
+            row = {"model": model, "set": name, "retrieval": label, "scoring": args.scoring, "chance_uniform": uniform,
                    "chance_majority": majority, **{mode: cell(m) for mode, m in metrics.items()}}
             if label == plans[0][0] and args.generate:
                 answerer.mcq_scoring = "generate"
                 gen = evaluate(answerer, asked, ["vanilla"], base / name / "generate", progress=False)
-                answerer.mcq_scoring = "likelihood"
+                answerer.mcq_scoring = args.scoring
                 row["vanilla-generate"] = cell(gen["vanilla"])
             if name in RETRIEVED:
                 found = answerer.documents_for(asked)
@@ -128,7 +128,8 @@ def table(rows: list[dict]) -> str:
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         cols = [c for c in COLUMNS if any(c in r for r in mine)]
-        out += [f"**{model}** (likelihood scoring unless marked; accuracy [95% Wilson interval])", "",
+        out += [f"**{model}** ({rows[0].get('scoring', 'likelihood')} scoring unless marked; accuracy "
+                "[95% Wilson interval])", "",
                 "| set | documents | n | chance (uniform / majority) | " + " | ".join(cols)
                 + " | gold / wrong option words retrieved |",
                 "|---" * (len(cols) + 5) + "|"]
@@ -163,6 +164,8 @@ def main() -> None:
     ap.add_argument("--store", default=None, help="teacher store for prag rows (default <out>/<model>/teacher)")
     ap.add_argument("--teach", type=int, default=0,
                     help="train teacher LoRAs for the first N questions' own documents (PubMedQA, BioASQ) first")
+    ap.add_argument("--scoring", default="likelihood", choices=["likelihood", "calibrated"],
+                    help="option scoring of every row but vanilla-generate (inference/modes.py)")
     ap.add_argument("--no-generate", dest="generate", action="store_false", help="skip the vanilla generation row")
     args = ap.parse_args()
     if args.teach and not any(m.startswith("prag") for m in args.modes):

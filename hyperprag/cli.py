@@ -106,8 +106,9 @@ def eval(  # noqa: A001 - the verb users type
         batch_size: Questions generated together.
         max_new_tokens: Generation length.
         answer_loss: Also compute the mean loss per gold-answer token.
-        mcq_scoring: Multiple choice: generate (read the letter off greedy text) or likelihood (the option
-            whose text is likeliest as the answer, per token).
+        mcq_scoring: Multiple choice: generate (read the letter off greedy text), likelihood (the option
+            whose text is likeliest as the answer, per token) or calibrated (likelihood relative to the
+            option's likelihood after a content-free question).
         on_error: fail or skip bad input records.
     """
     from hyperprag.session import build_answerer, load_eval_inputs

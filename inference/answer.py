@@ -24,6 +24,10 @@ from inference.sources import AdapterSource, as_source
 
 __all__ = ["MCQ_SCORING", "MODES", "Answerer", "Prediction", "Retrieval", "make_answerer"]
 
+CONTENT_FREE = "N/A"
+"""The question of calibrated option scoring's content-free prompt (Holtzman et al. 2021 use "N/A")."""
+
+
 class Retriever(Protocol):
     def search(self, queries: list[str], k: int) -> list[list[tuple[str, float]]]: ...
 
@@ -133,7 +137,7 @@ class Answerer:
         """Answer a batch of questions; latency is the batch's wall time divided by its size."""
         start = time.perf_counter()
         prompts, adapters, doc_ids, spec = self.prompts_and_adapters(questions, mode)
-        scored = [i for i, q in enumerate(questions) if q.options] if self.mcq_scoring == "likelihood" else []
+        scored = [i for i, q in enumerate(questions) if q.options] if self.mcq_scoring != "generate" else []
         raw: list[str] = [""] * len(questions)
         extra: list[dict] = [{} for _ in questions]
         for i in scored:
@@ -141,8 +145,13 @@ class Answerer:
             nll = option_nll(self.model, self.tokenizer, prompts[i], [answer_completion(t) for t in options.values()],
                              adapters[i], spec)
             by_letter = dict(zip(options, nll, strict=True))
-            raw[i] = min(by_letter, key=by_letter.__getitem__)  # the letter of the likeliest option
             extra[i] = {"option_nll": by_letter}
+            if self.mcq_scoring == "calibrated":  # minus the option's NLL with no question to answer
+                free = answer_prompt(self.tokenizer, CONTENT_FREE, [], options)
+                prior = option_nll(self.model, self.tokenizer, free, [answer_completion(t) for t in options.values()])
+                extra[i]["option_prior_nll"] = dict(zip(options, prior, strict=True))
+                by_letter = {k: v - p for (k, v), p in zip(by_letter.items(), prior, strict=True)}
+            raw[i] = min(by_letter, key=by_letter.__getitem__)  # the letter of the likeliest option
         rest = [i for i in range(len(questions)) if i not in set(scored)]
         if rest:
             texts = generate(self.model, self.tokenizer, [prompts[i] for i in rest], [adapters[i] for i in rest],

@@ -26,10 +26,13 @@ HYPER_MODES = ("hyper", "hyper-combine")
 ADAPTER_MODES = TEACHER_MODES + HYPER_MODES
 
 
-McqScoring = Literal["generate", "likelihood"]
+McqScoring = Literal["generate", "likelihood", "calibrated"]
 MCQ_SCORING: tuple[str, ...] = get_args(McqScoring)
 """How a multiple-choice question is answered: generate (greedy text, the letter read off it) | likelihood
-(each option's text scored as the answer's continuation, per token; lm-evaluation-harness's way)."""
+(each option's text scored as the answer's continuation, per token; lm-evaluation-harness's way) |
+calibrated (likelihood minus the same option's likelihood after a content-free question, "N/A", with the
+same options and no passages or adapter: the domain-conditional PMI of Holtzman et al. 2021, which removes
+the model's prior for an option's wording)."""
 
 
 def check_mode(mode: str) -> str:

@@ -173,3 +173,22 @@ def test_likelihood_scoring_is_scored_as_accuracy(answerer, tmp_path):
 def test_unknown_mcq_scoring_is_a_clear_error(tiny_llama, tiny_tokenizer):
     with pytest.raises(ValueError, match="mcq_scoring 'vote'"):
         make_answerer(tiny_llama, tiny_tokenizer, DOCS, retriever="none", mcq_scoring="vote")
+
+
+def test_calibrated_scoring_subtracts_the_content_free_prior(answerer, tiny_llama, tiny_tokenizer):
+    """calibrated = each option's NLL minus its NLL after the content-free question with the same options
+    (no passages, no adapter); the prediction is the lowest difference, which can differ from likelihood's."""
+    from hyperprag.core.prompts import answer_completion
+    from inference.answer import CONTENT_FREE
+    from inference.generate import option_nll
+
+    answerer.mcq_scoring = "calibrated"
+    qs = mc_questions(3)
+    preds = answerer.answer(qs, "prag")
+    for q, p in zip(qs, preds, strict=True):
+        completions = [answer_completion(t) for t in q.options.values()]
+        prior = option_nll(tiny_llama, tiny_tokenizer, answer_prompt(tiny_tokenizer, CONTENT_FREE, [], q.options),
+                           completions)
+        assert list(p.extra["option_prior_nll"].values()) == pytest.approx(prior, abs=1e-5)
+        diff = {k: v - p.extra["option_prior_nll"][k] for k, v in p.extra["option_nll"].items()}
+        assert p.prediction == min(diff, key=diff.get)
