@@ -140,19 +140,23 @@ class Answerer:
         scored = [i for i, q in enumerate(questions) if q.options] if self.mcq_scoring != "generate" else []
         raw: list[str] = [""] * len(questions)
         extra: list[dict] = [{} for _ in questions]
+        priors: dict[tuple, list[float]] = {}  # calibrated: one content-free pass per distinct option set
         for i in scored:
             options = questions[i].options
-            nll = option_nll(self.model, self.tokenizer, prompts[i], [answer_completion(t) for t in options.values()],
-                             adapters[i], spec)
+            completions = [answer_completion(t) for t in options.values()]
+            nll = option_nll(self.model, self.tokenizer, prompts[i], completions, adapters[i], spec)
             by_letter = dict(zip(options, nll, strict=True))
             extra[i] = {"option_nll": by_letter}
             if self.mcq_scoring == "calibrated":  # minus the option's NLL with no question to answer
-                free = answer_prompt(self.tokenizer, CONTENT_FREE, [], options)
-                prior = option_nll(self.model, self.tokenizer, free, [answer_completion(t) for t in options.values()])
-                extra[i]["option_prior_nll"] = dict(zip(options, prior, strict=True))
-                by_letter = {k: v - p for (k, v), p in zip(by_letter.items(), prior, strict=True)}
+                key = tuple(options.items())
+                if key not in priors:
+                    free = answer_prompt(self.tokenizer, CONTENT_FREE, [], options)
+                    priors[key] = option_nll(self.model, self.tokenizer, free, completions)
+                extra[i]["option_prior_nll"] = dict(zip(options, priors[key], strict=True))
+                by_letter = {k: v - p for (k, v), p in zip(by_letter.items(), priors[key], strict=True)}
             raw[i] = min(by_letter, key=by_letter.__getitem__)  # the letter of the likeliest option
-        rest = [i for i in range(len(questions)) if i not in set(scored)]
+        done = set(scored)
+        rest = [i for i in range(len(questions)) if i not in done]
         if rest:
             texts = generate(self.model, self.tokenizer, [prompts[i] for i in rest], [adapters[i] for i in rest],
                              spec, self.max_new_tokens, self.batch_size, stop_at_answer=self.stop_at_answer)
