@@ -233,7 +233,7 @@ def test_overlapping_split_is_refused(tmp_path):
     assert [d.title for d in ds.pool] == [f[0] for f in FACTS[3:]]
 
 
-@pytest.mark.parametrize("name", ["small", "gpu"])
+@pytest.mark.parametrize("name", ["small", "gpu", "token-level"])
 def test_shipped_configs_load(name):
     from hyperprag.ablation.config import expand_variants, load_config
     from hyperprag.core.paths import CONFIGS
@@ -274,3 +274,44 @@ def test_bm25_topk_and_composition_cells(grid, tmp_path, monkeypatch):
     again = ablate.run_ablation(str(path), out=str(tmp_path / "out"), resume=False)
     assert sorted(ran) == sorted(c["id"] for c in first["cells"])
     assert [c["answer_nll"] for c in again["cells"]] == [c["answer_nll"] for c in first["cells"]]
+
+
+def test_token_level_variant_with_few_teachers(grid, tmp_path):
+    """A MemoryLoRA variant of 4 training documents of which only the first has a teacher: the grid trains one
+    teacher for it (none for the hyper cells), keeps the variant's own generated layout (down_proj), and the
+    hypernetwork learns from all 4 with the answer loss."""
+    import yaml
+
+    from hyperprag.ablation import runner as ablate
+    from hyperprag.core.store import AdapterStore
+
+    config, _, _, _, _ = grid
+    text = config.read_text().split("variants:")[0].replace("methods: [vanilla, prag, hyper]", "methods: [hyper]")
+    text += """variants:
+  - name: memory
+    train_docs: 4
+    teacher_docs: 1
+    hypernet: {arch: memory, emb_dim: 128, latent_dim: 16, heads: 4, blocks: 1, basis: 8, bias_rank: 1}
+    encoder: {kind: tokens, token_states: memory, max_length: 64}
+    loss_weights: {param: 0.0, kl: 0.0, lm: 1.0}
+    model: {spec: {rank: 3, alpha: 8.0, target_modules: [down_proj]}}
+    max_steps: 2
+specificity: false
+batch_size: 4
+max_new_tokens: 4
+"""
+    path = tmp_path / "memory.yaml"
+    path.write_text(text)
+    summary = ablate.run_ablation(str(path), out=str(tmp_path / "out"))
+    (variant,) = summary["variants"]
+    assert (variant["documents"], variant["teacher_documents"], variant["steps"]) == (4, 1, 2)
+    (store,) = (tmp_path / "out" / "stores").glob("teacher-*/")
+    assert len(AdapterStore.open(store)) == 1  # one teacher, not four (no prag cells)
+    train = yaml.safe_load(next((tmp_path / "out" / "hypernets").glob("memory-*/train.yaml")).read_text())
+    assert train["data"]["require_teacher"] is False
+    assert train["model"]["spec"]["target_modules"] == ["down_proj"] and train["model"]["spec"]["rank"] == 3
+    (cell,) = summary["cells"]
+    assert cell["method"] == "hyper" and cell["n"] == 3 and cell["answer_nll"] > 0
+    (generated,) = (tmp_path / "out" / "stores").glob("hyper-memory-*/")
+    assert AdapterStore.open(generated).spec.target_modules == ("down_proj",)
+    assert "with a teacher" in (tmp_path / "out" / "table.md").read_text()

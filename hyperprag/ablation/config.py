@@ -71,7 +71,10 @@ class VariantConfig:
     train_on: list[str] | None = None
     """Datasets (names) whose training pools it learns from; None = all. Other datasets are out of domain."""
     train_docs: int | list[int] = 16
-    """Teacher documents per training dataset (the first N of its pool); a list makes one variant per size."""
+    """Training documents per training dataset (the first N of its pool); a list makes one variant per size."""
+    teacher_docs: int | None = None
+    """Of those, the first N per dataset get teacher LoRAs and the rest train on the teacher-free losses
+    (answer loss through the generated adapter, anchors): the corpus-scale setting; None = all have teachers."""
     hypernet: dict = field(default_factory=dict)
     """HyperNetConfig fields (hypernet/config.py), e.g. {arch: dyprag} or {hidden: 128}."""
     encoder: dict = field(default_factory=dict)
@@ -101,6 +104,8 @@ class VariantConfig:
             raise ValueError(f"loss_weights: unknown fields {sorted(set(self.loss_weights) - known)}; known {sorted(known)}")
         if self.param_loss is not None and self.param_loss not in PARAM_LOSSES:
             raise ValueError(f"param_loss must be one of {PARAM_LOSSES}, got {self.param_loss!r}")
+        if self.teacher_docs is not None and self.teacher_docs < 0:
+            raise ValueError(f"teacher_docs must be >= 0 (or null), got {self.teacher_docs}")
         sizes = self.train_docs if isinstance(self.train_docs, list) else [self.train_docs]
         if not sizes or any(n < 1 for n in sizes):
             raise ValueError(f"train_docs must be >= 1 (or a non-empty list of such), got {self.train_docs!r}")

@@ -135,6 +135,11 @@ class Ablation:
     def training_docs(self, v: Variant) -> list[Document]:
         return training_documents(list(self.datasets.values()), v.config.train_on, v.size, self.exclude)
 
+    def teacher_docs(self, v: Variant) -> list[Document]:
+        """The variant's documents that get a teacher LoRA: all, or the first `teacher_docs` per dataset."""
+        n = v.size if v.config.teacher_docs is None else min(v.size, v.config.teacher_docs)
+        return training_documents(list(self.datasets.values()), v.config.train_on, n, self.exclude)
+
     def _variant_id(self, v: Variant) -> str:
         return stable_hash({"variant": asdict(v.config), "base": self.hyper_base, "teacher": self.teacher_id,
                             "model": self.model, "docs": [d.id for d in self.training_docs(v)]})
@@ -290,8 +295,12 @@ class Ablation:
         if spec.get("layers") is None:
             spec.pop("layers", None)
         model, data, trainer = (cfg.setdefault(s, {}) for s in ("model", "data", "trainer"))
-        model.update(base_model=self.model, spec=spec, export_dir=str(root / "hypernet"))
+        # the generated layout is the teacher's unless the variant names its own (token-level networks:
+        # e.g. rank 18 on down_proj); the teacher layout for the KL / parameter losses comes from the store
+        model.update(base_model=self.model, spec=vc.model.get("spec", spec), export_dir=str(root / "hypernet"))
         data.pop("base_model", None)  # linked from model.base_model
+        if vc.teacher_docs is not None:  # documents without a teacher train the function losses alone
+            data["require_teacher"] = False
         data.update(corpus=str(root / "corpus.jsonl"), teacher_store=str(self.teacher_dir),
                     augmentations=str(self.out / "cache" / "augment"), augment_method=self.cfg.augment,
                     embedding_cache_dir=str(self.out / "cache" / "embeddings"))
@@ -313,7 +322,8 @@ class Ablation:
             return root / "hypernet"
         docs = self.training_docs(v)
         store = self.teacher_store()
-        usable = [d for d in docs if d.id in store]
+        taught = [d for d in docs if d.id in store]
+        usable = docs if v.config.teacher_docs is not None else taught
         if not usable:
             raise RuntimeError(f"variant {v.name!r}: none of its {len(docs)} training documents has a teacher "
                                f"adapter in {self.teacher_dir}")
@@ -329,10 +339,11 @@ class Ablation:
         exported = run_train(args)
         seconds = time.perf_counter() - t0
         meta = load_hypernet(exported).meta
-        teacher_s = [store.meta(d.id).get("seconds") for d in usable]
+        teacher_s = [store.meta(d.id).get("seconds") for d in taught]
         teacher_s = [s for s in teacher_s if s is not None]
         atomic_write_json(done, {"variant": v.name, "group": v.group, "size": v.size,
                                  "train_on": v.config.train_on or list(self.datasets), "documents": len(usable),
+                                 "teacher_documents": len(taught),
                                  "steps": meta.get("global_step"), "seconds": seconds,
                                  "teacher_seconds_per_doc": sum(teacher_s) / len(teacher_s) if teacher_s else None,
                                  "hypernet": str(exported)})
@@ -485,7 +496,7 @@ class Ablation:
                 need_generated.setdefault(c.variant.name, set()).update(docs)
         for v in variants.values():
             if not (self.variant_dir(v) / "done.json").exists():
-                need_teacher |= {d.id for d in self.training_docs(v)}
+                need_teacher |= {d.id for d in self.teacher_docs(v)}
         _stage(2, f"teacher LoRAs: {len(need_teacher)} documents needed ({self.teacher_dir.name})")
         if need_teacher:
             summary = self.train_teachers(need_teacher)
