@@ -1,6 +1,9 @@
 """Teacher cost: augmentation and training seconds per document, sequential (K=1) vs batched (K=8).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/teacher.py --model smollm2-135m --docs 8 --max-qa 4
+    # whole recipes against each other (their own K, QA and epochs), the first is the reference:
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/teacher.py --docs 8 \
+        --recipes configs/teacher/smollm2-135m.yaml configs/teacher/smollm2-135m-fast.yaml
 
 Each mode runs in a fresh process so its peak resident memory (ru_maxrss) is its own. Training uses the
 demo documents with rule augmentation; the adapters of the batched run are written to an AdapterStore
@@ -33,8 +36,11 @@ def _run(args: dict, queue) -> None:
     from training.teacher import TeacherConfig, document_examples, train_documents
 
     torch.set_num_threads(args["threads"]) if args["threads"] else None
-    config = TeacherConfig.for_model(args["model"], epochs=args["epochs"], docs_per_step=args["k"],
-                                     max_qa=args["max_qa"], kinds=tuple(args["kinds"]))
+    if args.get("recipe"):
+        config = TeacherConfig.from_yaml(args["recipe"])
+    else:
+        config = TeacherConfig.for_model(args["model"], epochs=args["epochs"], docs_per_step=args["k"],
+                                         max_qa=args["max_qa"], kinds=tuple(args["kinds"]))
     model, tok = load_base_model(args["model"])
     docs = load_split("all")[0][: args["docs"]]
     t0 = time.perf_counter()
@@ -56,8 +62,11 @@ def _run(args: dict, queue) -> None:
                 store.put(d.id, w, w.meta)
             shard = store.flush()
             nbytes = (shard.stat().st_size + shard.with_suffix(".json").stat().st_size) / len(docs)
-    queue.put({"k": args["k"], "docs": len(docs), "seqs": sum(len(e) for e in ex),
-               "tokens": sum(len(x.input_ids) for e in ex for x in e), "aug_s_per_doc": aug_s,
+    anchor_tokens = sum(len(x.input_ids) for e in ex for x in e if x.kind == "anchor")
+    queue.put({"k": config.docs_per_step, "recipe": args.get("recipe"), "docs": len(docs),
+               "seqs": sum(len(e) for e in ex), "epochs": config.epochs,
+               "tokens": sum(len(x.input_ids) for e in ex for x in e), "anchor_tokens": anchor_tokens,
+               "aug_s_per_doc": aug_s,
                "train_s_per_doc": train_s / len(docs), "docs_per_s": len(docs) / train_s,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "bytes_per_adapter": nbytes, "adapter_tensor_bytes": adapters[0].num_bytes()})
@@ -73,18 +82,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 8], help="docs per step to compare")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--recipes", nargs="+", default=None, metavar="YAML",
+                    help="compare these configs/teacher/*.yaml recipes as they are (instead of --ks)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ctx = mp.get_context("spawn")
     rows = []
-    for k in args.ks:
+    common = {"model": args.model, "docs": args.docs, "max_qa": args.max_qa, "forms": args.forms,
+              "kinds": args.kinds, "epochs": args.epochs, "threads": args.threads}
+    runs = ([{**common, "recipe": r, "forms": 0, "k": None, "store": False} for r in args.recipes] if args.recipes
+            else [{**common, "k": k, "store": k == max(args.ks)} for k in args.ks])
+    for run in runs:
         q = ctx.Queue()
-        p = ctx.Process(target=_run, args=({"model": args.model, "docs": args.docs, "max_qa": args.max_qa,
-                                            "forms": args.forms, "kinds": args.kinds, "epochs": args.epochs,
-                                            "k": k, "threads": args.threads, "store": k == max(args.ks)}, q))
+        p = ctx.Process(target=_run, args=(run, q))
         p.start()
         rows.append(q.get())
         p.join()
+    if args.recipes:
+        return recipe_table(rows)
     base = rows[0]["docs_per_s"]
     print(f"\nteacher cost on {args.model}: {args.docs} demo docs, kinds {args.kinds}, {args.max_qa} QA/doc, "
           f"{args.epochs} epoch(s), {rows[0]['seqs']} sequences / {rows[0]['tokens']} tokens")
@@ -95,6 +110,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{r['k']:>3} {r['aug_s_per_doc']:13.4f} {r['train_s_per_doc']:11.2f} {r['docs_per_s']:8.3f} "
               f"{r['docs_per_s'] / base:7.2f} {r['peak_rss_mb']:11.0f} {stored:>13}")
     print(f"adapter tensors: {rows[0]['adapter_tensor_bytes']} bytes (float32)")
+    return rows
+
+
+def recipe_table(rows: list[dict]) -> list[dict]:
+    """Print whole recipes side by side; the speed-up is against the first recipe, measured in this run."""
+    base = rows[0]["train_s_per_doc"]
+    print(f"\n{'recipe':<44} {'K':>2} {'epochs':>6} {'seqs/doc':>8} {'tokens/epoch':>12} {'anchor share':>12} "
+          f"{'train s/doc':>11} {'speed-up':>8}")
+    for r in rows:
+        print(f"{r['recipe']:<44} {r['k']:>2} {r['epochs']:>6} {r['seqs'] / r['docs']:8.1f} "
+              f"{r['tokens'] / r['docs']:12.0f} {r['anchor_tokens'] / r['tokens']:12.2f} "
+              f"{r['train_s_per_doc']:11.2f} {base / r['train_s_per_doc']:8.2f}")
     return rows
 
 
