@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from hypernet.checkpoint import load_hypernet
@@ -379,3 +380,12 @@ def test_the_shipped_memory_recipe_stages_compose(tmp_path, monkeypatch):
     assert type(model.hypernet).__name__ == "MemoryLoRA" and cli.trainer.max_steps == 40
     assert cli.config["model"]["warmup_steps"] == 5
     assert cli.trainer.default_root_dir == "runs/hypernet/smollm2-memory-keep"
+    # the fourth stage goes on from the third's result: 4 anchors, a fresh lower schedule, 100 steps
+    longer = folder / "smollm2_memory_longer.yaml"
+    assert longer.read_text().splitlines()[0] == ("# hyperprag train --config configs/hypernet/smollm2_memory_demo.yaml "
+                                                  "--config configs/hypernet/smollm2_memory_longer.yaml")
+    assert yaml.safe_load(longer.read_text())["model"]["init_from"] == "runs/hypernet/smollm2-memory-keep/hypernet"
+    cli = HyperCLI(HyperLoRAModule, HyperDataModule, args=["--config", str(folder / "smollm2_memory_demo.yaml"),
+                   "--config", str(longer), "--model.init_from", "null"], run=False, trainer_defaults=default_trainer())
+    assert cli.model.loss_weights.anchor == 10.0 and cli.model.hparams.anchors == 4 and cli.model.hparams.lr == 3e-4
+    assert cli.trainer.max_steps == 100 and cli.trainer.default_root_dir == "runs/hypernet/smollm2-memory-longer"
