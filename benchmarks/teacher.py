@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     base = rows[0]["docs_per_s"]
     print(f"\nteacher cost on {args.model}: {args.docs} demo docs, kinds {args.kinds}, {args.max_qa} QA/doc, "
           f"{args.epochs} epoch(s), {rows[0]['seqs']} sequences / {rows[0]['tokens']} tokens")
-    print(f"{'K':>3} {'augment s/doc':>13} {'train s/doc':>11} {'docs/s':>8} {'vs K=1':>7} {'peak RSS MB':>11} "
+    print(f"{'K':>3} {'augment s/doc':>13} {'train s/doc':>11} {'docs/s':>8} {'vs K=' + str(rows[0]['k']):>7} {'peak RSS MB':>11} "
           f"{'bytes/adapter':>13}")
     for r in rows:
         stored = f"{r['bytes_per_adapter']:.0f}" if r["bytes_per_adapter"] else "-"
