@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/teacher.py --model smollm2-135m --docs 8 --max-qa 4
     # whole recipes against each other (their own K, QA and epochs), the first is the reference:
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/teacher.py --docs 8 \
-        --recipes configs/teacher/smollm2-135m.yaml configs/teacher/smollm2-135m-fast.yaml
+        --recipes configs/teacher/smollm2-135m.yaml configs/teacher/cpu.yaml
 
 Each mode runs in a fresh process so its peak resident memory (ru_maxrss) is its own. Training uses the
 demo documents with rule augmentation; the adapters of the batched run are written to an AdapterStore
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     base = rows[0]["docs_per_s"]
     print(f"\nteacher cost on {args.model}: {args.docs} demo docs, kinds {args.kinds}, {args.max_qa} QA/doc, "
           f"{args.epochs} epoch(s), {rows[0]['seqs']} sequences / {rows[0]['tokens']} tokens")
-    print(f"{'K':>3} {'augment s/doc':>13} {'train s/doc':>11} {'docs/s':>8} {'vs K=' + str(rows[0]['k']):>7} {'peak RSS MB':>11} "
+    vs = f"vs K={rows[0]['k']}"
+    print(f"{'K':>3} {'augment s/doc':>13} {'train s/doc':>11} {'docs/s':>8} {vs:>7} {'peak RSS MB':>11} "
           f"{'bytes/adapter':>13}")
     for r in rows:
         stored = f"{r['bytes_per_adapter']:.0f}" if r["bytes_per_adapter"] else "-"

@@ -114,11 +114,11 @@ def format_tables(summary: dict) -> str:
                   _table(["dataset", "source", "adapter", "answer loss", "EM", "contains", "n"], body), ""]
     if summary["variants"]:
         body = [[v["variant"], ",".join(v["train_on"]) if v.get("train_on") else "all", _fmt(v.get("documents")),
-                 _fmt(v.get("teacher_documents", v.get("documents"))), _fmt(v.get("steps")), _fmt(v.get("seconds"), digits=1), _fmt(v.get("teacher_seconds_per_doc"), digits=1),
+                 _fmt(v.get("teacher_documents", v.get("documents"))), _fmt(v.get("steps")),
+                 _fmt(v.get("seconds"), digits=1), _fmt(v.get("teacher_seconds_per_doc"), digits=1),
                  v["folder"]] for v in summary["variants"]]
-        parts += ["## Hypernetwork variants", "",
-                  _table(["variant", "train on", "documents", "with a teacher", "steps", "train s", "teacher s/doc", "folder"], body),
-                  ""]
+        header = ["variant", "train on", "documents", "with a teacher", "steps", "train s", "teacher s/doc", "folder"]
+        parts += ["## Hypernetwork variants", "", _table(header, body), ""]
     return "\n".join(parts) + "\n"
 
 
