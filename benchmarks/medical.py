@@ -128,7 +128,7 @@ def table(rows: list[dict]) -> str:
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         cols = [c for c in COLUMNS if any(c in r for r in mine)]
-        out += [f"**{model}** ({rows[0].get('scoring', 'likelihood')} scoring unless marked; accuracy "
+        out += [f"**{model}** ({mine[0].get('scoring', 'likelihood')} scoring unless marked; accuracy "
                 "[95% Wilson interval])", "",
                 "| set | documents | n | chance (uniform / majority) | " + " | ".join(cols)
                 + " | gold / wrong option words retrieved |",
