@@ -158,3 +158,30 @@ def test_write_synthetic_roundtrip(tmp_path):
     docs, questions = generate_synthetic(40, seed=3)
     assert list(load_corpus(corpus_file)) == docs
     assert list(load_questions(questions_file)) == questions
+
+
+def test_synth_prose_style_refers_back_and_keeps_answers_in_text():
+    docs, questions = generate_synthetic(300, seed=1, style="prose")
+    assert generate_synthetic(300, seed=1, style="prose") == (docs, questions)
+    by_id = {d.id: d for d in docs}
+    assert len(by_id) == 300 and all(i.startswith("prose-1-") for i in by_id)  # never clash with 'short' ids
+    per_doc: dict[str, int] = {}
+    for q in questions:
+        doc = by_id[q.id.rsplit("-", 1)[0]]
+        per_doc[doc.id] = per_doc.get(doc.id, 0) + 1
+        assert len(q.answers) == 1 and q.answers[0] in doc.text, (q.id, q.answers)
+        assert copied_window(q.question, doc.text) is None, (q.id, q.question, doc.text)
+        assert doc.title in q.question or doc.title.lower() in q.question.lower()  # questions name it in full
+    assert set(per_doc.values()) <= {3, 4}
+    words = [len(d.text.split()) for d in docs]
+    assert sum(words) / len(words) > 1.4 * sum(len(d.text.split()) for d in generate_synthetic(300)[0]) / 300
+    # six fact sentences each, but later ones mostly name the entity by a referent ("the town", a surname)
+    full_mentions = [d.text.count(d.title) for d in docs]
+    assert sum(full_mentions) / len(docs) < 4 and all(m >= 1 for m in full_mentions)
+    assert sum(", and " in d.text for d in docs) > 0.3 * len(docs)
+    assert all(d.text[0].isupper() and "{" not in d.text and ". ." not in d.text for d in docs)
+
+
+def test_synth_rejects_an_unknown_style():
+    with pytest.raises(ValueError, match="style 'poem'"):
+        generate_synthetic(3, style="poem")

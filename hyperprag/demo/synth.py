@@ -1,11 +1,14 @@
 """Deterministic generator of invented encyclopedia-style documents with questions, for training hypernetworks.
 
 Each document describes one invented entity (person, town, company, species, invention, ship, festival,
-river, sports club) in 3-5 fact sentences. Names are built from syllables, so the base model cannot know
-them; every answer is a short span copied from the text, and questions are worded differently from the
-sentence that states the fact. The same (n, seed) always gives the same documents.
+river, sports club); the default 'short' style states 3-5 facts, one sentence each. Names are built from
+syllables, so the base model cannot know them; every answer is a short span copied from the text, and
+questions are worded differently from the sentence that states the fact. The same (n, seed, style) always
+gives the same documents. The 'prose' style writes longer passages closer to real text: every fact, the
+entity often named as "the town" or by surname, joined sentences and an unaskable one, so a hypernetwork
+must resolve which entity a sentence is about.
 
-    python -m hyperprag.demo.synth OUT_DIR --n 2000 --seed 0
+    python -m hyperprag.demo.synth OUT_DIR --n 2000 --seed 0 [--style prose]
 """
 
 from __future__ import annotations
@@ -369,6 +372,67 @@ def _one(rng: random.Random, namer: Namer, index: int, seed: int) -> tuple[Docum
     return doc, questions
 
 
+# ---- prose: longer documents that refer back to their entity, as written text does ------------------------
+# How a later sentence names the entity: kinds whose templates say "the {name}" take a bare noun.
+REFERENTS: dict[str, Callable[[str], str]] = {
+    "person": lambda name: name.split()[-1],  # the surname
+    "town": lambda name: "the town",
+    "company": lambda name: "the company",
+    "species": lambda name: name.split()[-1],  # "the {name}" -> "the moth"
+    "invention": lambda name: name.split()[-1],  # "the {name}" -> "the loom"
+    "ship": lambda name: "the ship",
+    "festival": lambda name: "festival",
+    "river": lambda name: "river",
+    "club": lambda name: "the club",
+}
+# Sentences that state nothing askable: passages carry more than their facts.
+FILLERS = ("Little is written about its early years.", "Local records from that time are incomplete.",
+           "Its story is told in a short booklet sold in the area.", "Not everyone agrees on every detail.",
+           "A small plaque tells visitors about it.", "Its history was written down much later.")
+JOINABLE = {"the", "a", "an", "each", "every", "around", "about", "in", "as", "born", "for", "fans", "up",
+            "today", "scientists", "adults", "decorations", "anglers", "there"}  # may start a joined clause
+
+
+def _join(first: str, second: str) -> str:
+    """Two sentences as one, lower-casing the second's first word where it is not a name."""
+    word = second.split()[0]
+    if word.lower() in JOINABLE:
+        second = word.lower() + second[len(word):]
+    return f"{first[:-1]}, and {second}"
+
+
+def _one_prose(rng: random.Random, namer: Namer, index: int, seed: int) -> tuple[Document, list[Question]]:
+    """A 5-8 sentence document: every fact of its kind, later ones often naming the entity as "the town" or
+    by surname, some joined into one sentence, one unaskable sentence; 3-4 questions name it in full."""
+    kind_name = rng.choice(sorted(KINDS))
+    kind = KINDS[kind_name]
+    name = namer.unique(lambda: kind.name(namer))
+    referent = REFERENTS[kind_name](name)
+    facts = [kind.intro, *rng.sample(kind.facts, len(kind.facts))]
+    values, sentences = {}, []
+    for i, fact in enumerate(facts):
+        v = fact.value(rng, namer)
+        while any(v == u for u in values.values()) or v == referent:
+            v = fact.value(rng, namer)
+        values[fact.key] = v
+        sentences.append(_fill(rng.choice(fact.sentences), referent if i and rng.random() < 0.6 else name, v))
+    for i in range(len(sentences) - 2, 0, -1):  # never the opening sentence, which introduces the entity
+        if rng.random() < 0.25:
+            sentences[i:i + 2] = [_join(sentences[i], sentences[i + 1])]
+    if rng.random() < 0.6:
+        sentences.insert(rng.randint(1, len(sentences)), rng.choice(FILLERS))
+    doc = Document(id=f"prose-{seed}-{index:05d}", title=_title(name), text=" ".join(sentences))
+    passage = Passage(doc.title, doc.text, supporting=True)
+    asked = rng.sample(facts, rng.randint(3, 4))
+    questions = [Question(id=f"{doc.id}-q{j}", question=_fill(rng.choice(f.questions), name, ""),
+                          answers=[values[f.key]], dataset="synth", type=f"{kind_name}:{f.key}",
+                          passages=[passage]) for j, f in enumerate(asked, 1)]
+    return doc, questions
+
+
+STYLES = {"short": _one, "prose": _one_prose}
+"""Document styles: 'short' states 3-5 facts, each naming the entity in full; 'prose' is _one_prose."""
+
 DocumentMaker = Callable[[random.Random, Namer, int, int], tuple[Document, list[Question]]]
 """(rng, namer, index, seed) -> one invented document and its questions."""
 
@@ -394,30 +458,34 @@ def write_documents(out_dir: str | Path, docs: list[Document], questions: list[Q
     return corpus_path, questions_path
 
 
-def generator_main(description: str, write: Callable[[str, int, int], tuple[Path, Path]], default_n: int,
-                   argv: list[str] | None = None) -> None:
-    """The command line of a document generator: OUT_DIR --n --seed, printing the files written."""
+def generator_main(description: str, write: Callable[..., tuple[Path, Path]], default_n: int,
+                   argv: list[str] | None = None, styles: tuple[str, ...] = ()) -> None:
+    """The command line of a document generator: OUT_DIR --n --seed [--style], printing the files written."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("out_dir")
     p.add_argument("--n", type=int, default=default_n)
     p.add_argument("--seed", type=int, default=0)
+    if styles:
+        p.add_argument("--style", choices=styles, default=styles[0], help="how documents are written")
     a = p.parse_args(argv)
-    for path in write(a.out_dir, a.n, a.seed):
+    for path in write(a.out_dir, a.n, a.seed, **({"style": a.style} if styles else {})):
         print(path)
 
 
-def generate_synthetic(n: int, seed: int = 0) -> tuple[list[Document], list[Question]]:
-    """`n` invented documents (distinct titles) and 2-3 questions each; same (n, seed), same output."""
-    return generate_documents(_one, n, seed)
+def generate_synthetic(n: int, seed: int = 0, style: str = "short") -> tuple[list[Document], list[Question]]:
+    """`n` invented documents (distinct titles) with their questions; same (n, seed, style), same output."""
+    if style not in STYLES:
+        raise ValueError(f"style {style!r} is not one of {sorted(STYLES)}")
+    return generate_documents(STYLES[style], n, seed)
 
 
-def write_synthetic(out_dir: str | Path, n: int, seed: int = 0) -> tuple[Path, Path]:
-    """Write corpus.jsonl and questions.jsonl for `generate_synthetic(n, seed)` into `out_dir`, atomically."""
-    return write_documents(out_dir, *generate_synthetic(n, seed))
+def write_synthetic(out_dir: str | Path, n: int, seed: int = 0, style: str = "short") -> tuple[Path, Path]:
+    """Write corpus.jsonl and questions.jsonl for `generate_synthetic(n, seed, style)` into `out_dir`, atomically."""
+    return write_documents(out_dir, *generate_synthetic(n, seed, style))
 
 
 def main(argv: list[str] | None = None) -> None:
-    generator_main(__doc__.splitlines()[0], write_synthetic, 2000, argv)
+    generator_main(__doc__.splitlines()[0], write_synthetic, 2000, argv, styles=tuple(STYLES))
 
 
 if __name__ == "__main__":
