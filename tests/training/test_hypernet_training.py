@@ -389,3 +389,13 @@ def test_the_shipped_memory_recipe_stages_compose(tmp_path, monkeypatch):
                    "--config", str(longer), "--model.init_from", "null"], run=False, trainer_defaults=default_trainer())
     assert cli.model.loss_weights.anchor == 10.0 and cli.model.hparams.anchors == 4 and cli.model.hparams.lr == 3e-4
     assert cli.trainer.max_steps == 100 and cli.trainer.default_root_dir == "runs/hypernet/smollm2-memory-longer"
+    # the fifth (shipped) goes on from the fourth's result with the prose-style documents added to the mix
+    prose = folder / "smollm2_memory_prose.yaml"
+    assert prose.read_text().splitlines()[0] == ("# hyperprag train --config configs/hypernet/smollm2_memory_demo.yaml "
+                                                 "--config configs/hypernet/smollm2_memory_prose.yaml")
+    assert yaml.safe_load(prose.read_text())["model"]["init_from"] == "runs/hypernet/smollm2-memory-longer/hypernet"
+    cli = HyperCLI(HyperLoRAModule, HyperDataModule, args=["--config", str(folder / "smollm2_memory_demo.yaml"),
+                   "--config", str(prose), "--model.init_from", "null"], run=False, trainer_defaults=default_trainer())
+    assert cli.model.loss_weights.anchor == 10.0 and cli.model.hparams.anchors == 4 and cli.trainer.max_steps == 100
+    assert "runs/data/prose/corpus.jsonl" in cli.config["data"]["corpus"]
+    assert cli.trainer.default_root_dir == "runs/hypernet/smollm2-memory-prose"
