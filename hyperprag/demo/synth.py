@@ -363,13 +363,18 @@ def _one(rng: random.Random, namer: Namer, index: int, seed: int) -> tuple[Docum
             v = fact.value(rng, namer)
         values[fact.key] = v
         sentences.append(_fill(rng.choice(fact.sentences), name, v))
-    doc = Document(id=f"synth-{seed}-{index:05d}", title=_title(name), text=" ".join(sentences))
+    return _with_questions(rng, Document(id=f"synth-{seed}-{index:05d}", title=_title(name), text=" ".join(sentences)),
+                           name, kind_name, facts, values, asked=(2, 3))
+
+
+def _with_questions(rng: random.Random, doc: Document, name: str, kind_name: str, facts: list[Fact],
+                    values: dict[str, str], asked: tuple[int, int]) -> tuple[Document, list[Question]]:
+    """`doc` and questions about a random asked[0]..asked[1] of its facts, each naming the entity in full."""
     passage = Passage(doc.title, doc.text, supporting=True)
-    asked = rng.sample(facts, rng.randint(2, 3))
-    questions = [Question(id=f"{doc.id}-q{j}", question=_fill(rng.choice(f.questions), name, ""),
+    chosen = rng.sample(facts, rng.randint(*asked))
+    return doc, [Question(id=f"{doc.id}-q{j}", question=_fill(rng.choice(f.questions), name, ""),
                           answers=[values[f.key]], dataset="synth", type=f"{kind_name}:{f.key}",
-                          passages=[passage]) for j, f in enumerate(asked, 1)]
-    return doc, questions
+                          passages=[passage]) for j, f in enumerate(chosen, 1)]
 
 
 # ---- prose: longer documents that refer back to their entity, as written text does ------------------------
@@ -421,13 +426,8 @@ def _one_prose(rng: random.Random, namer: Namer, index: int, seed: int) -> tuple
             sentences[i:i + 2] = [_join(sentences[i], sentences[i + 1])]
     if rng.random() < 0.6:
         sentences.insert(rng.randint(1, len(sentences)), rng.choice(FILLERS))
-    doc = Document(id=f"prose-{seed}-{index:05d}", title=_title(name), text=" ".join(sentences))
-    passage = Passage(doc.title, doc.text, supporting=True)
-    asked = rng.sample(facts, rng.randint(3, 4))
-    questions = [Question(id=f"{doc.id}-q{j}", question=_fill(rng.choice(f.questions), name, ""),
-                          answers=[values[f.key]], dataset="synth", type=f"{kind_name}:{f.key}",
-                          passages=[passage]) for j, f in enumerate(asked, 1)]
-    return doc, questions
+    return _with_questions(rng, Document(id=f"prose-{seed}-{index:05d}", title=_title(name), text=" ".join(sentences)),
+                           name, kind_name, facts, values, asked=(3, 4))
 
 
 STYLES = {"short": _one, "prose": _one_prose}
