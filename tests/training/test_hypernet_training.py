@@ -3,6 +3,7 @@ resume, the YAML CLI end to end (corpus + teacher store + augmentations), and tw
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -360,42 +361,39 @@ def test_every_standalone_config_builds_its_architecture(name, tmp_path, monkeyp
         assert model.spec.rank > model.config.bias_rank
 
 
+MEMORY_STAGES = ["smollm2_memory_demo", "smollm2_memory_keep", "smollm2_memory_longer", "smollm2_memory_prose",
+                 "smollm2_memory_prose2"]  # the shipped checkpoint's stages in order, then the one tried after
+
+
 @pytest.mark.slow
 def test_the_shipped_memory_recipe_stages_compose(tmp_path, monkeypatch):
-    """The shipped checkpoint's third stage is the second stage's config with its override on top: the
-    anchor KL weighted 10, 40 steps from the second stage's result, its own run folder."""
+    """Each stage after the second is the second stage's config with its own on top (the command heading it),
+    starting from the previous stage's result and writing its own run folder."""
     from training.hypernet_cli import HyperCLI, default_trainer
     from training.hypernet_module import HyperLoRAModule
 
     monkeypatch.chdir(tmp_path)
     folder = HERE.parents[2] / "configs" / "hypernet"
-    keep = folder / "smollm2_memory_keep.yaml"
-    assert keep.read_text().splitlines()[0] == ("# hyperprag train --config configs/hypernet/smollm2_memory_demo.yaml "
-                                                "--config configs/hypernet/smollm2_memory_keep.yaml")
-    args = ["--config", str(folder / "smollm2_memory_demo.yaml"), "--config", str(keep)]
-    cli = HyperCLI(HyperLoRAModule, HyperDataModule, args=args + ["--model.init_from", "null"], run=False,
-                   trainer_defaults=default_trainer())
-    model = cli.model
-    assert model.loss_weights.anchor == 10.0 and model.loss_weights.lm == 1.0 and model.hparams.anchors == 2
-    assert type(model.hypernet).__name__ == "MemoryLoRA" and cli.trainer.max_steps == 40
-    assert cli.config["model"]["warmup_steps"] == 5
-    assert cli.trainer.default_root_dir == "runs/hypernet/smollm2-memory-keep"
-    # the fourth stage goes on from the third's result: 4 anchors, a fresh lower schedule, 100 steps
-    longer = folder / "smollm2_memory_longer.yaml"
-    assert longer.read_text().splitlines()[0] == ("# hyperprag train --config configs/hypernet/smollm2_memory_demo.yaml "
-                                                  "--config configs/hypernet/smollm2_memory_longer.yaml")
-    assert yaml.safe_load(longer.read_text())["model"]["init_from"] == "runs/hypernet/smollm2-memory-keep/hypernet"
-    cli = HyperCLI(HyperLoRAModule, HyperDataModule, args=["--config", str(folder / "smollm2_memory_demo.yaml"),
-                   "--config", str(longer), "--model.init_from", "null"], run=False, trainer_defaults=default_trainer())
-    assert cli.model.loss_weights.anchor == 10.0 and cli.model.hparams.anchors == 4 and cli.model.hparams.lr == 3e-4
-    assert cli.trainer.max_steps == 100 and cli.trainer.default_root_dir == "runs/hypernet/smollm2-memory-longer"
-    # the fifth (shipped) goes on from the fourth's result with the prose-style documents added to the mix
-    prose = folder / "smollm2_memory_prose.yaml"
-    assert prose.read_text().splitlines()[0] == ("# hyperprag train --config configs/hypernet/smollm2_memory_demo.yaml "
-                                                 "--config configs/hypernet/smollm2_memory_prose.yaml")
-    assert yaml.safe_load(prose.read_text())["model"]["init_from"] == "runs/hypernet/smollm2-memory-longer/hypernet"
-    cli = HyperCLI(HyperLoRAModule, HyperDataModule, args=["--config", str(folder / "smollm2_memory_demo.yaml"),
-                   "--config", str(prose), "--model.init_from", "null"], run=False, trainer_defaults=default_trainer())
-    assert cli.model.loss_weights.anchor == 10.0 and cli.model.hparams.anchors == 4 and cli.trainer.max_steps == 100
-    assert "runs/data/prose/corpus.jsonl" in cli.config["data"]["corpus"]
-    assert cli.trainer.default_root_dir == "runs/hypernet/smollm2-memory-prose"
+    clis = {}
+    for previous, stage in itertools.pairwise(MEMORY_STAGES):
+        path = folder / f"{stage}.yaml"
+        assert path.read_text().splitlines()[0] == (f"# hyperprag train --config configs/hypernet/{MEMORY_STAGES[0]}.yaml "
+                                                    f"--config configs/hypernet/{stage}.yaml")
+        run_dir = f"runs/hypernet/{stage.replace('_', '-')}"  # smollm2_memory_keep -> runs/hypernet/smollm2-memory-keep
+        assert yaml.safe_load(path.read_text())["model"]["init_from"] == f"runs/hypernet/{previous.replace('_', '-')}/hypernet"
+        clis[stage] = cli = HyperCLI(HyperLoRAModule, HyperDataModule, run=False, trainer_defaults=default_trainer(),
+                                     args=["--config", str(folder / f"{MEMORY_STAGES[0]}.yaml"), "--config", str(path),
+                                           "--model.init_from", "null"])
+        assert cli.trainer.default_root_dir == run_dir
+        assert type(cli.model.hypernet).__name__ == "MemoryLoRA" and cli.model.loss_weights.lm == 1.0
+    # stage 3 weights the anchor KL 10 for 40 steps; 4 anchors and a fresh lower schedule from stage 4 on
+    keep = clis["smollm2_memory_keep"]
+    assert keep.model.loss_weights.anchor == 10.0 and keep.model.hparams.anchors == 2 and keep.trainer.max_steps == 40
+    assert keep.config["model"]["warmup_steps"] == 5
+    for stage in MEMORY_STAGES[2:]:
+        model = clis[stage].model
+        assert model.loss_weights.anchor == 10.0 and model.hparams.anchors == 4 and model.hparams.lr == 3e-4
+        assert clis[stage].trainer.max_steps == 100
+    # stages 5 and 6 add the prose-style documents
+    assert "runs/data/prose/corpus.jsonl" in clis["smollm2_memory_prose"].config["data"]["corpus"]
+    assert "runs/data/prose2/corpus.jsonl" in clis["smollm2_memory_prose2"].config["data"]["corpus"]
