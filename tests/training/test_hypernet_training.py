@@ -362,7 +362,7 @@ def test_every_standalone_config_builds_its_architecture(name, tmp_path, monkeyp
 
 
 MEMORY_STAGES = ["smollm2_memory_demo", "smollm2_memory_keep", "smollm2_memory_longer", "smollm2_memory_prose",
-                 "smollm2_memory_prose2"]  # the shipped checkpoint's stages in order, then the one tried after
+                 "smollm2_memory_prose2"]  # the shipped checkpoint's stages after the first, in order
 
 
 @pytest.mark.slow
