@@ -431,7 +431,8 @@ def _one_prose(rng: random.Random, namer: Namer, index: int, seed: int) -> tuple
 
 
 STYLES = {"short": _one, "prose": _one_prose}
-"""Document styles: 'short' states 3-5 facts, each naming the entity in full; 'prose' is _one_prose."""
+"""Document styles: 'short' states 3-5 facts, each naming the entity in full; 'prose' states every fact and
+names the entity back as "the town" or by surname (_one_prose)."""
 
 DocumentMaker = Callable[[random.Random, Namer, int, int], tuple[Document, list[Question]]]
 """(rng, namer, index, seed) -> one invented document and its questions."""
