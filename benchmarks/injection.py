@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         adapters = train_documents(model, tok, docs, augs, config)
         train_s = (time.perf_counter() - t0) / len(docs)
+    if config.dtype != "float32":  # adapters are served on the float32 model (hyperprag answer), so judged there
+        model = load_base_model(args.model)[0]
 
     rng = random.Random(args.seed)
     other = list(range(len(docs)))

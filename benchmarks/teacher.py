@@ -33,7 +33,7 @@ def _run(args: dict, queue) -> None:
     from benchmarks.injection import augment, keep_forms, load_split
     from hyperprag.core.models import load_base_model
     from hyperprag.core.store import AdapterStore
-    from training.teacher import TeacherConfig, document_examples, train_documents
+    from training.teacher import TeacherConfig, document_examples, document_plan, train_documents
 
     torch.set_num_threads(args["threads"]) if args["threads"] else None
     if args.get("recipe"):
@@ -41,7 +41,7 @@ def _run(args: dict, queue) -> None:
     else:
         config = TeacherConfig.for_model(args["model"], epochs=args["epochs"], docs_per_step=args["k"],
                                          max_qa=args["max_qa"], kinds=tuple(args["kinds"]))
-    model, tok = load_base_model(args["model"])
+    model, tok = load_base_model(args["model"], dtype=config.dtype)
     docs = load_split("all")[0][: args["docs"]]
     t0 = time.perf_counter()
     augs = augment(docs, "rules")
@@ -62,10 +62,11 @@ def _run(args: dict, queue) -> None:
                 store.put(d.id, w, w.meta)
             shard = store.flush()
             nbytes = (shard.stat().st_size + shard.with_suffix(".json").stat().st_size) / len(docs)
-    anchor_tokens = sum(len(x.input_ids) for e in ex for x in e if x.kind == "anchor")
+    trained = [e[i] for e in ex for step in document_plan(e, config) for i in step]  # every epoch's sequences
+    anchor_tokens = sum(len(x.input_ids) for x in trained if x.kind == "anchor") / config.epochs
     queue.put({"k": config.docs_per_step, "recipe": args.get("recipe"), "docs": len(docs),
-               "seqs": sum(len(e) for e in ex), "epochs": config.epochs,
-               "tokens": sum(len(x.input_ids) for e in ex for x in e), "anchor_tokens": anchor_tokens,
+               "seqs": len(trained) / config.epochs, "epochs": config.epochs, "dtype": config.dtype,
+               "tokens": sum(len(x.input_ids) for x in trained) / config.epochs, "anchor_tokens": anchor_tokens,
                "aug_s_per_doc": aug_s,
                "train_s_per_doc": train_s / len(docs), "docs_per_s": len(docs) / train_s,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return recipe_table(rows)
     base = rows[0]["docs_per_s"]
     print(f"\nteacher cost on {args.model}: {args.docs} demo docs, kinds {args.kinds}, {args.max_qa} QA/doc, "
-          f"{args.epochs} epoch(s), {rows[0]['seqs']} sequences / {rows[0]['tokens']} tokens")
+          f"{args.epochs} epoch(s), {rows[0]['seqs']:.0f} sequences / {rows[0]['tokens']:.0f} tokens")
     vs = f"vs K={rows[0]['k']}"
     print(f"{'K':>3} {'augment s/doc':>13} {'train s/doc':>11} {'docs/s':>8} {vs:>7} {'peak RSS MB':>11} "
           f"{'bytes/adapter':>13}")
@@ -117,10 +118,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def recipe_table(rows: list[dict]) -> list[dict]:
     """Print whole recipes side by side; the speed-up is against the first recipe, measured in this run."""
     base = rows[0]["train_s_per_doc"]
-    print(f"\n{'recipe':<44} {'K':>2} {'epochs':>6} {'seqs/doc':>8} {'tokens/epoch':>12} {'anchor share':>12} "
+    print(f"\n{'recipe':<44} {'K':>2} {'dtype':>8} {'epochs':>6} {'seqs/doc':>8} {'tokens/epoch':>12} {'anchor share':>12} "
           f"{'train s/doc':>11} {'speed-up':>8}")
     for r in rows:
-        print(f"{r['recipe']:<44} {r['k']:>2} {r['epochs']:>6} {r['seqs'] / r['docs']:8.1f} "
+        print(f"{r['recipe']:<44} {r['k']:>2} {r['dtype']:>8} {r['epochs']:>6} {r['seqs'] / r['docs']:8.1f} "
               f"{r['tokens'] / r['docs']:12.0f} {r['anchor_tokens'] / r['tokens']:12.2f} "
               f"{r['train_s_per_doc']:11.2f} {base / r['train_s_per_doc']:8.2f}")
     return rows

@@ -104,6 +104,9 @@ class TeacherConfig:
     added with weight `anchor_weight` (a soft, denser constraint: the whole distribution, prompt included)."""
     anchor_weight: float = 1.0
     """Weight of the anchor KL term (anchor_loss = kl)."""
+    anchors_per_epoch: int | None = None
+    """Train this many of a document's `anchors` each epoch, rotating through them, so every anchor is still
+    seen over the run at a fraction of the tokens; None = all of them every epoch."""
     dtype: str = "float32"
     """Base-model dtype for training (float32 | bfloat16); the LoRA weights stay float32."""
     seed: int = 0
@@ -127,8 +130,8 @@ class TeacherConfig:
             raise ValueError(f"TeacherConfig.schedule {self.schedule!r} is not one of {SCHEDULES}")
         if self.on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"TeacherConfig.on_nonfinite {self.on_nonfinite!r} is not one of {ON_NONFINITE}")
-        for name in ("epochs", "batch_size", "docs_per_step", "rank"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "batch_size", "docs_per_step", "rank", "anchors_per_epoch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TeacherConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"TeacherConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
@@ -199,16 +202,24 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def document_plan(num_examples: int, config: TeacherConfig) -> list[list[int]]:
-    """One document's optimizer steps as lists of example indices: epochs x micro-batches, in order."""
+def document_plan(examples: Sequence[Example], config: TeacherConfig) -> list[list[int]]:
+    """One document's optimizer steps as lists of example indices: epochs x micro-batches, in order.
+
+    With `anchors_per_epoch`, epoch e keeps the document's anchors number e*n .. e*n+n-1 (wrapping) and
+    every other sequence.
+    """
+    anchors = [i for i, ex in enumerate(examples) if ex.kind == "anchor"]
+    per_epoch = config.anchors_per_epoch
     plan = []
     for epoch in range(config.epochs):
+        chosen = list(range(len(examples)))
+        if per_epoch is not None and len(anchors) > per_epoch:
+            kept = {anchors[(epoch * per_epoch + j) % len(anchors)] for j in range(per_epoch)}
+            chosen = [i for i in chosen if examples[i].kind != "anchor" or i in kept]
         if config.shuffle:
             gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            order = torch.randperm(num_examples, generator=gen).tolist()
-        else:
-            order = list(range(num_examples))
-        plan.extend(order[i:i + config.batch_size] for i in range(0, num_examples, config.batch_size))
+            chosen = [chosen[j] for j in torch.randperm(len(chosen), generator=gen).tolist()]
+        plan.extend(chosen[i:i + config.batch_size] for i in range(0, len(chosen), config.batch_size))
     return plan
 
 
@@ -288,7 +299,7 @@ def train_group(model: nn.Module, examples: Sequence[Sequence[Example]], config:
                for n in ("A", "B")} for _ in range(k)]  # params[d]["A"][m]: [L, r, in]
     groups = [{"params": [*p["A"].values(), *p["B"].values()], "lr": config.lr} for p in params]
     opt = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    plans = [document_plan(len(ex), config) for ex in examples]
+    plans = [document_plan(ex, config) for ex in examples]
     warmups = [math.ceil(config.warmup_ratio * len(p)) for p in plans]
     losses: list[list[float]] = [[] for _ in range(k)]
     skipped: list[list[int]] = [[] for _ in range(k)]
@@ -439,7 +450,7 @@ def train_documents(model: nn.Module, tokenizer, documents: Sequence[Document], 
     """
     config = config or TeacherConfig()
     per_doc = document_examples(tokenizer, documents, augmentations, config, model)
-    steps = [len(document_plan(len(ex), config)) for ex in per_doc]
+    steps = [len(document_plan(ex, config)) for ex in per_doc]
     order = sorted(range(len(documents)), key=lambda i: -steps[i])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     result: list[LoraWeights | None] = [None] * len(documents)

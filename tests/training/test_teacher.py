@@ -14,7 +14,7 @@ from transformers import get_scheduler
 
 from hyperprag.core.data import Document
 from hyperprag.core.lora import LoraSpec, LoraWeights, init_lora, target_shapes
-from training.sequences import collate
+from training.sequences import Example, collate
 from training.teacher import (
     TeacherConfig,
     document_examples,
@@ -70,7 +70,7 @@ def _sequential_peft(base, tokenizer, examples, config: TeacherConfig, init: Lor
     params = [p for p in model.parameters() if p.requires_grad]
     assert len(params) == len(named) and named
     opt = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    plan = document_plan(len(examples), config)
+    plan = document_plan(examples, config)
     name = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}[config.schedule]
     sched = get_scheduler(name, opt, num_warmup_steps=math.ceil(config.warmup_ratio * len(plan)),
                           num_training_steps=len(plan))
@@ -109,7 +109,7 @@ def test_batched_equals_sequential_peft(model_fixture, k, max_tokens, tiny_token
                            max_batch_tokens=max_tokens)
     adapters = train_documents(base, tiny_tokenizer, docs, augs, config)
     per_doc = document_examples(tiny_tokenizer, docs, augs, config)
-    assert len({len(document_plan(len(ex), config)) for ex in per_doc}) == 3  # unequal step counts
+    assert len({len(document_plan(ex, config)) for ex in per_doc}) == 3  # unequal step counts
     init = init_lora(target_shapes(base, config.spec), config.spec, seed=config.seed, dtype=torch.float64)
     if model_fixture not in _REFERENCE:
         _REFERENCE[model_fixture] = [_sequential_peft(base, tiny_tokenizer, ex, config, init) for ex in per_doc]
@@ -119,7 +119,7 @@ def test_batched_equals_sequential_peft(model_fixture, k, max_tokens, tiny_token
             assert ref.B[m].abs().max() > 1e-3  # training moved the adapter
             torch.testing.assert_close(adapters[d].A[m], ref.A[m], atol=1e-9, rtol=0)
             torch.testing.assert_close(adapters[d].B[m], ref.B[m], atol=1e-9, rtol=0)
-        assert adapters[d].meta["steps"] == len(document_plan(len(examples), config))
+        assert adapters[d].meta["steps"] == len(document_plan(examples, config))
     # documents learn different things from one init
     assert (adapters[0].B["up_proj"] - adapters[1].B["up_proj"]).abs().max() > 1e-3
 
@@ -188,6 +188,20 @@ def test_lr_schedules():
     assert lr_factor("linear", 5, 10, 0) == 0.5
     assert lr_factor("cosine", 5, 10, 0) == pytest.approx(0.5)
     assert lr_factor("cosine", 10, 10, 0) == pytest.approx(0.0)
+
+
+def test_anchors_per_epoch_rotates_through_the_documents_anchors():
+    """Each epoch keeps every QA sequence and the next n anchors; over the run every anchor is trained."""
+    examples = [Example(0, "qa_closed", [1], [1])] * 5 + [Example(0, "anchor", [a], [a]) for a in range(8)]
+    config = TeacherConfig(epochs=4, batch_size=3, anchors_per_epoch=2)
+    plan = document_plan(examples, config)
+    assert len(plan) == 4 * 3  # 7 sequences an epoch in batches of 3
+    epochs = [sorted(sum(plan[e * 3:(e + 1) * 3], [])) for e in range(4)]
+    assert epochs == [list(range(5)) + [5 + 2 * e, 6 + 2 * e] for e in range(4)]
+    full = document_plan(examples, TeacherConfig(epochs=4, batch_size=3))
+    assert len(full) == 4 * 5 and all(sorted(sum(full[e * 5:(e + 1) * 5], [])) == list(range(13)) for e in range(4))
+    with pytest.raises(ValueError, match="anchors_per_epoch"):
+        TeacherConfig(anchors_per_epoch=0)
 
 
 def test_config_roundtrip_and_validation(tmp_path):
