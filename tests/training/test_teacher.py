@@ -28,6 +28,7 @@ from training.teacher import (
 )
 
 QA = SimpleNamespace
+TEACHER_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "teacher"
 
 
 def _docs():
@@ -304,17 +305,12 @@ def test_anchor_pool_is_the_models_own_answers(tiny_llama, tiny_tokenizer):
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
 def test_model_yaml_matches_for_model(name):
     """configs/teacher/<model>.yaml and TeacherConfig.for_model give the same measured defaults."""
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "configs" / "teacher" / f"{name}.yaml"
+    path = TEACHER_CONFIGS / f"{name}.yaml"
     assert path.read_text().startswith("# ")  # first line: the command that runs it
     assert TeacherConfig.from_yaml(path) == TeacherConfig.for_model(name)
 
 
-TEACHER_YAMLS = sorted((Path(__file__).resolve().parents[2] / "configs" / "teacher").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("path", TEACHER_YAMLS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(TEACHER_CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_teacher_recipe_reads_and_names_its_command(path):
     """Each configs/teacher/*.yaml is a valid TeacherConfig and heads with the command that runs it."""
     first = path.read_text().splitlines()[0]
@@ -324,7 +320,7 @@ def test_every_teacher_recipe_reads_and_names_its_command(path):
 
 def test_the_fast_smollm2_recipe_differs_from_the_default_only_where_it_says():
     """configs/teacher/smollm2-135m-fast.yaml: 2 anchors an epoch, batches of 4, bfloat16; all else the default."""
-    fast = TeacherConfig.from_yaml(TEACHER_YAMLS[0].parent / "smollm2-135m-fast.yaml")
+    fast = TeacherConfig.from_yaml(TEACHER_CONFIGS / "smollm2-135m-fast.yaml")
     default = TeacherConfig.for_model("smollm2-135m")
     assert fast == TeacherConfig.for_model("smollm2-135m", anchors_per_epoch=2, batch_size=4, dtype="bfloat16")
     assert fast.anchors == default.anchors == 16 and fast.epochs == default.epochs
