@@ -94,7 +94,8 @@ def run_model(model: str, args, sets: dict[str, list], corpus: list, index_paths
 
                     taught = asked[: args.teach] if args.teach else asked
                     answerer.teacher = teacher_for(answerer, taught, argparse.Namespace(
-                        store=args.store, teach=bool(args.teach), out=str(base), model=model), f"{name}-{label}")
+                        store=args.store, teach=bool(args.teach), out=str(base), model=model,
+                        teacher_config=args.teacher_config), f"{name}-{label}")
                     subsets = {m: taught for m in cell_modes if m.startswith("prag")}
                 else:  # teachers only for the sets with their own documents
                     cell_modes = [m for m in cell_modes if not m.startswith("prag")]
@@ -164,6 +165,8 @@ def main() -> None:
     ap.add_argument("--store", default=None, help="teacher store for prag rows (default <out>/<model>/teacher)")
     ap.add_argument("--teach", type=int, default=0,
                     help="train teacher LoRAs for the first N questions' own documents (PubMedQA, BioASQ) first")
+    ap.add_argument("--teacher-config", default=None,
+                    help="teacher recipe YAML for --teach, e.g. configs/teacher/smollm2-135m-fast.yaml (default: the model's)")
     ap.add_argument("--scoring", default="likelihood", choices=["likelihood", "calibrated"],
                     help="option scoring of every row but vanilla-generate (inference/modes.py)")
     ap.add_argument("--no-generate", dest="generate", action="store_false", help="skip the vanilla generation row")

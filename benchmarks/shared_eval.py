@@ -29,7 +29,7 @@ def teacher_for(answerer, qs, args, tag: str):
     """The teacher store, after training (with --teach, resumably) LoRAs for every document `qs` retrieve."""
     from hyperprag.core.data import write_jsonl
     from hyperprag.core.store import AdapterStore
-    from training.teacher import train_corpus
+    from training.teacher import TeacherConfig, train_corpus
 
     store = Path(args.store or Path(args.out) / "teacher")
     if args.teach:
@@ -38,7 +38,9 @@ def teacher_for(answerer, qs, args, tag: str):
         corpus.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(corpus, [{"id": i, "title": answerer.corpus[i].title, "text": answerer.corpus[i].text}
                              for i in needed])
-        summary = train_corpus(args.model, corpus, store, augment_cache=Path(args.out) / "augment", progress=False)
+        config = TeacherConfig.from_yaml(args.teacher_config) if args.teacher_config else None  # None: the model's default recipe
+        summary = train_corpus(args.model, corpus, store, config=config, augment_cache=Path(args.out) / "augment",
+                               progress=False)
         print(f"{tag}: {len(needed)} retrieved documents, {summary['trained']} trained now "
               f"({summary['seconds']:.0f} s), {summary['skipped_existing']} already in {store}", flush=True)
     return AdapterStore.open(store, expect_base_model=args.model)
@@ -55,6 +57,8 @@ def main() -> None:
     ap.add_argument("--store", default=None, help="teacher adapter store for prag modes (default <out>/teacher)")
     ap.add_argument("--teach", action="store_true",
                     help="first train teacher LoRAs (the model's default settings) for the retrieved documents")
+    ap.add_argument("--teacher-config", default=None,
+                    help="teacher recipe YAML for --teach, e.g. configs/teacher/smollm2-135m-fast.yaml (default: the model's)")
     ap.add_argument("--top-k", type=int, default=3)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--out", default="runs/shared_eval")

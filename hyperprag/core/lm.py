@@ -10,6 +10,7 @@ with Gemma's final-logit softcap applied exactly as the model's own forward does
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,33 @@ def common_prefix_length(input_ids: Tensor, attention_mask: Tensor) -> int:
     return int(differs[0]) if len(differs) else n
 
 
+BUCKET_OVERHEAD_TOKENS = 64
+"""What one more decoder call costs, in padded tokens: the length buckets are chosen to minimize
+rows x width + this per bucket."""
+
+
+def length_buckets(lengths: Sequence[int], overhead: int = BUCKET_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Rows grouped by length so that padding each group to its own longest row costs least:
+    minimizes sum(rows x width + overhead) over contiguous runs of the rows sorted by length (exact, O(b^2))."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best, cut = [0] + [None] * n, [0] * (n + 1)  # best[j]: cost of the j shortest rows; cut[j]: its last bucket start
+    for j in range(1, n + 1):
+        width = lengths[order[j - 1]]  # sorted ascending: the j-th row is the widest of any bucket ending at it
+        best[j], cut[j] = min((best[i] + (j - i) * width + overhead, i) for i in range(j))
+    buckets, j = [], n
+    while j > 0:
+        buckets.append(sorted(order[cut[j]:j]))
+        j = cut[j]
+    return buckets[::-1]
+
+
+def _right_padded(attention_mask: Tensor) -> bool:
+    lengths = attention_mask.sum(-1, keepdim=True)
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return bool(((positions < lengths) == attention_mask.bool()).all())
+
+
 def decoder_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
                    adapter: tuple[LoraSpec, LoraWeights | None] | None = None, groups: Tensor | None = None
                    ) -> Tensor:
@@ -60,7 +88,37 @@ def decoder_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor |
     right-padded batches give the same numbers (and the same positions as `generate`). Without one, the
     batch must have no padding before a real token (right-padded or none): causal attention then never
     lets a real token see padding, and the decoder takes its faster unmasked path.
+
+    A right-padded batch of very different lengths (closed-book questions beside questions with a passage
+    in the prompt) runs as length buckets (`length_buckets`), each cut to its own width: the same numbers
+    without computing the padding. Positions past a row's length hold zeros then.
     """
+    shared = adapter is not None or groups is not None  # else hooks the caller installed may differ per row
+    if not shared or attention_mask is None or input_ids.shape[0] < 2 or not _right_padded(attention_mask):
+        return _decoder_pass(model, input_ids, attention_mask, adapter, groups)
+    lengths = attention_mask.sum(-1).tolist()
+    buckets = length_buckets(lengths)
+    if len(buckets) == 1:
+        return _decoder_pass(model, input_ids, attention_mask, adapter, groups)
+    spec, weights = adapter if adapter is not None else (None, None)
+    per_row = groups is None and weights is not None and weights.batched
+    parts = []
+    for rows in buckets:
+        width, idx = max(lengths[i] for i in rows), torch.tensor(rows, device=input_ids.device)
+        sub_adapter = (spec, weights.select(idx)) if per_row else adapter
+        parts.append((idx, width, _decoder_pass(model, input_ids[idx, :width], attention_mask[idx, :width],
+                                                sub_adapter, None if groups is None else groups[idx])))
+    h = parts[0][2]
+    out = h.new_zeros(input_ids.shape[0], input_ids.shape[1], h.shape[-1])  # [b, t, h]
+    for idx, width, hidden in parts:
+        out = out.index_put((idx[:, None], torch.arange(width, device=idx.device)[None]), hidden)
+    return out
+
+
+def _decoder_pass(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
+                  adapter: tuple[LoraSpec, LoraWeights | None] | None = None, groups: Tensor | None = None
+                  ) -> Tensor:
+    """`decoder_hidden` in one decoder run over the batch as it is padded."""
     shared = adapter is not None or groups is not None  # else hooks the caller installed may differ per row
     spec, weights = adapter if adapter is not None else (None, None)
     per_row = weights.select(groups) if groups is not None and weights is not None else weights

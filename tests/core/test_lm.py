@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyperprag.core.lm import IGNORE, common_prefix_length, decoder_hidden, per_row_nll, target_logits
+from hyperprag.core.lm import (
+    IGNORE,
+    _decoder_pass,
+    common_prefix_length,
+    decoder_hidden,
+    length_buckets,
+    per_row_nll,
+    target_logits,
+)
 from hyperprag.core.lora import LoraSpec, LoraWeights, init_lora, target_shapes
 
 
@@ -95,3 +103,57 @@ def test_shared_prefix_equals_the_full_pass_with_gradients(model_name, request, 
         plain = decoder_hidden(model, enc["input_ids"], enc["attention_mask"])
         ref = model.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
     torch.testing.assert_close(plain[real], ref[real], atol=1e-12, rtol=1e-10)
+
+
+def test_length_buckets_minimize_padded_tokens_plus_calls():
+    import itertools
+
+    lengths = [40, 180, 35, 170, 42, 175]
+    assert length_buckets(lengths, overhead=64) == [[0, 2, 4], [1, 3, 5]]
+    assert length_buckets(lengths, overhead=10_000) == [[0, 1, 2, 3, 4, 5]]  # calls dearer than any padding
+    assert length_buckets([7, 7, 7], overhead=0) == [[0, 1, 2]]  # equal widths: splitting saves nothing
+
+    def cost(parts):
+        return sum(len(p) * max(lengths[i] for i in p) + 5 for p in parts)
+
+    best = min(cost([[i for i in range(6) if labels[i] == k] for k in set(labels)])
+               for labels in itertools.product(range(6), repeat=6))
+    assert cost(length_buckets(lengths, overhead=5)) == best  # no partition of the rows does better
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_length_buckets_give_the_single_pass_numbers_and_gradients(tiny_llama, tiny_tokenizer, float64_norms,
+                                                                   grouped):
+    """Closed-book questions beside ones with a long passage in the prompt: the bucketed decoder gives the
+    one-pass hidden states at every real token and the same adapter gradients, per document or per row."""
+    import copy
+
+    from hyperprag.core.prompts import answer_completion, answer_prompt
+
+    model = copy.deepcopy(tiny_llama).double()
+    tok, spec = tiny_tokenizer, LoraSpec(rank=2)
+    passage = ("Tesmar", "Tesmar is a harbour town on the Kell coast, founded by Ilsa Brandt. " * 6)
+    texts = [answer_prompt(tok, q, [passage] if long else []) + answer_completion(a)
+             for q, a, long in [("Where is it?", "Tesmar", False), ("Who built it?", "Ilsa Brandt", True),
+                                ("Colour?", "blue", False), ("Who founded Tesmar?", "Ilsa Brandt", True)]]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="right")
+    lengths = enc["attention_mask"].sum(-1).tolist()
+    assert len(length_buckets(lengths)) == 2 and max(lengths) > 2 * min(lengths)
+    groups = torch.tensor([0, 1, 1, 0]) if grouped else None
+    weights = init_lora(target_shapes(model, spec), spec, batch=2 if grouped else 4, dtype=torch.float64)
+    for b in weights.B.values():
+        b.normal_(0, 0.3)
+    real = enc["attention_mask"].bool()
+    project = torch.randn(*real.shape, model.config.hidden_size, dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(0))
+    results = []
+    for run in (_decoder_pass, decoder_hidden):
+        w = LoraWeights({m: a.clone().requires_grad_(True) for m, a in weights.A.items()},
+                        {m: b.clone().requires_grad_(True) for m, b in weights.B.items()})
+        hidden = run(model, enc["input_ids"], enc["attention_mask"], (spec, w), groups)
+        (hidden * project)[real].sum().backward()
+        results.append((hidden.detach()[real], torch.cat([g.grad.flatten() for g in [*w.A.values(), *w.B.values()]])))
+    (h0, g0), (h1, g1) = results
+    torch.testing.assert_close(h1, h0, atol=1e-12, rtol=1e-10)
+    assert g0.abs().max() > 1.0
+    torch.testing.assert_close(g1, g0, atol=1e-9 * float(g0.abs().max()), rtol=0)
