@@ -68,6 +68,33 @@ def test_common_prefix_length():
     assert common_prefix_length(ids, mask.flip(-1)) == 0  # left padding: nothing shared from position 0
 
 
+def _random_adapters(model, spec: LoraSpec, batch: int) -> LoraWeights:
+    weights = init_lora(target_shapes(model, spec), spec, batch=batch, dtype=torch.float64)
+    for b in weights.B.values():
+        b.normal_(0, 0.3)
+    return weights
+
+
+def _hidden_and_grads(model, enc, weights: LoraWeights, forward) -> tuple[torch.Tensor, torch.Tensor]:
+    """`forward(fresh leaf copy of weights)` -> hidden [b, t, h]: its real-token states and the adapters'
+    gradients of a loss the final norm does not flatten."""
+    w = LoraWeights({m: a.clone().requires_grad_(True) for m, a in weights.A.items()},
+                    {m: b.clone().requires_grad_(True) for m, b in weights.B.items()})
+    real = enc["attention_mask"].bool()
+    project = torch.randn(*real.shape, model.config.hidden_size, dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(0))
+    hidden = forward(w)
+    (hidden * project)[real].sum().backward()
+    return hidden.detach()[real], torch.cat([g.grad.flatten() for g in [*w.A.values(), *w.B.values()]])
+
+
+def _assert_same(reference: tuple[torch.Tensor, torch.Tensor], other: tuple[torch.Tensor, torch.Tensor]) -> None:
+    (h0, g0), (h1, g1) = reference, other
+    torch.testing.assert_close(h1, h0, atol=1e-12, rtol=1e-10)
+    assert g0.abs().max() > 1.0
+    torch.testing.assert_close(g1, g0, atol=1e-9 * float(g0.abs().max()), rtol=0)
+
+
 @pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gemma"])
 def test_shared_prefix_equals_the_full_pass_with_gradients(model_name, request, tiny_tokenizer, float64_norms):
     """Per-document adapters, several questions each: the chat prefix computed once per document and reused
@@ -80,25 +107,11 @@ def test_shared_prefix_equals_the_full_pass_with_gradients(model_name, request, 
     enc = _chat_batch(tiny_tokenizer)
     assert common_prefix_length(enc["input_ids"], enc["attention_mask"]) > 20
     groups = torch.tensor([0, 2, 1, 0, 2, 2])
-    weights = init_lora(target_shapes(model, spec), spec, batch=3, dtype=torch.float64)
-    for b in weights.B.values():
-        b.normal_(0, 0.3)
-    real = enc["attention_mask"].bool()
-    project = torch.randn(*real.shape, model.config.hidden_size, dtype=torch.float64,
-                          generator=torch.Generator().manual_seed(0))
-    results = []
-    for shared in (False, True):
-        w = LoraWeights({m: a.clone().requires_grad_(True) for m, a in weights.A.items()},
-                        {m: b.clone().requires_grad_(True) for m, b in weights.B.items()})
-        adapter = (spec, w) if shared else (spec, w.select(groups))
-        hidden = decoder_hidden(model, enc["input_ids"], enc["attention_mask"], adapter,
-                                groups=groups if shared else None)
-        (hidden * project)[real].sum().backward()  # a loss the final norm does not flatten
-        results.append((hidden.detach()[real], torch.cat([g.grad.flatten() for g in [*w.A.values(), *w.B.values()]])))
-    (h0, g0), (h1, g1) = results
-    torch.testing.assert_close(h1, h0, atol=1e-12, rtol=1e-10)
-    assert g0.abs().max() > 1.0
-    torch.testing.assert_close(g1, g0, atol=1e-9 * float(g0.abs().max()), rtol=0)
+    weights = _random_adapters(model, spec, batch=3)
+    ids, am = enc["input_ids"], enc["attention_mask"]
+    _assert_same(_hidden_and_grads(model, enc, weights, lambda w: decoder_hidden(model, ids, am, (spec, w.select(groups)))),
+                 _hidden_and_grads(model, enc, weights, lambda w: decoder_hidden(model, ids, am, (spec, w), groups)))
+    real = am.bool()
     with torch.no_grad():  # no adapter: one group for the whole batch
         plain = decoder_hidden(model, enc["input_ids"], enc["attention_mask"])
         ref = model.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
@@ -140,20 +153,7 @@ def test_length_buckets_give_the_single_pass_numbers_and_gradients(tiny_llama, t
     lengths = enc["attention_mask"].sum(-1).tolist()
     assert len(length_buckets(lengths)) == 2 and max(lengths) > 2 * min(lengths)
     groups = torch.tensor([0, 1, 1, 0]) if grouped else None
-    weights = init_lora(target_shapes(model, spec), spec, batch=2 if grouped else 4, dtype=torch.float64)
-    for b in weights.B.values():
-        b.normal_(0, 0.3)
-    real = enc["attention_mask"].bool()
-    project = torch.randn(*real.shape, model.config.hidden_size, dtype=torch.float64,
-                          generator=torch.Generator().manual_seed(0))
-    results = []
-    for run in (_decoder_pass, decoder_hidden):
-        w = LoraWeights({m: a.clone().requires_grad_(True) for m, a in weights.A.items()},
-                        {m: b.clone().requires_grad_(True) for m, b in weights.B.items()})
-        hidden = run(model, enc["input_ids"], enc["attention_mask"], (spec, w), groups)
-        (hidden * project)[real].sum().backward()
-        results.append((hidden.detach()[real], torch.cat([g.grad.flatten() for g in [*w.A.values(), *w.B.values()]])))
-    (h0, g0), (h1, g1) = results
-    torch.testing.assert_close(h1, h0, atol=1e-12, rtol=1e-10)
-    assert g0.abs().max() > 1.0
-    torch.testing.assert_close(g1, g0, atol=1e-9 * float(g0.abs().max()), rtol=0)
+    weights = _random_adapters(model, spec, batch=2 if grouped else 4)
+    ids, am = enc["input_ids"], enc["attention_mask"]
+    _assert_same(_hidden_and_grads(model, enc, weights, lambda w: _decoder_pass(model, ids, am, (spec, w), groups)),
+                 _hidden_and_grads(model, enc, weights, lambda w: decoder_hidden(model, ids, am, (spec, w), groups)))
