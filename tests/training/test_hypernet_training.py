@@ -3,7 +3,6 @@ resume, the YAML CLI end to end (corpus + teacher store + augmentations), and tw
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
@@ -361,30 +360,33 @@ def test_every_standalone_config_builds_its_architecture(name, tmp_path, monkeyp
         assert model.spec.rank > model.config.bias_rank
 
 
-MEMORY_STAGES = ["smollm2_memory_demo", "smollm2_memory_keep", "smollm2_memory_longer", "smollm2_memory_prose",
-                 "smollm2_memory_prose2", "smollm2_memory_prose3"]
-"""The demo checkpoint's stages after the first, in order; the shipped one is stage 6 (prose2), stage 7
-(prose3) was measured and not shipped (docs/specificity.md)."""
+MEMORY_STAGES = {"smollm2_memory_keep": "smollm2_memory_demo", "smollm2_memory_longer": "smollm2_memory_keep",
+                 "smollm2_memory_prose": "smollm2_memory_longer", "smollm2_memory_prose2": "smollm2_memory_prose",
+                 "smollm2_memory_prose3": "smollm2_memory_prose2", "smollm2_memory_combine": "smollm2_memory_prose2"}
+"""The demo checkpoint's stages after the first (smollm2_memory_demo), each with the stage it starts from; the
+shipped one is stage 6 (prose2); prose3 and combine start from it and were measured, not shipped
+(docs/specificity.md)."""
 
 
 @pytest.mark.slow
 def test_the_shipped_memory_recipe_stages_compose(tmp_path, monkeypatch):
-    """Each stage after the second is the second stage's config with its own on top (the command heading it),
+    """Each stage after the first is the first stage's config with its own on top (the command heading it),
     starting from the previous stage's result and writing its own run folder."""
     from training.hypernet_cli import HyperCLI, default_trainer
     from training.hypernet_module import HyperLoRAModule
 
     monkeypatch.chdir(tmp_path)
     folder = HERE.parents[2] / "configs" / "hypernet"
+    first = "smollm2_memory_demo"
     clis = {}
-    for previous, stage in itertools.pairwise(MEMORY_STAGES):
+    for stage, previous in MEMORY_STAGES.items():
         path = folder / f"{stage}.yaml"
-        assert path.read_text().splitlines()[0] == (f"# hyperprag train --config configs/hypernet/{MEMORY_STAGES[0]}.yaml "
+        assert path.read_text().splitlines()[0] == (f"# hyperprag train --config configs/hypernet/{first}.yaml "
                                                     f"--config configs/hypernet/{stage}.yaml")
         run_dir = f"runs/hypernet/{stage.replace('_', '-')}"  # smollm2_memory_keep -> runs/hypernet/smollm2-memory-keep
         assert yaml.safe_load(path.read_text())["model"]["init_from"] == f"runs/hypernet/{previous.replace('_', '-')}/hypernet"
         clis[stage] = cli = HyperCLI(HyperLoRAModule, HyperDataModule, run=False, trainer_defaults=default_trainer(),
-                                     args=["--config", str(folder / f"{MEMORY_STAGES[0]}.yaml"), "--config", str(path),
+                                     args=["--config", str(folder / f"{first}.yaml"), "--config", str(path),
                                            "--model.init_from", "null"])
         assert cli.trainer.default_root_dir == run_dir
         assert type(cli.model.hypernet).__name__ == "MemoryLoRA" and cli.model.loss_weights.lm == 1.0
@@ -392,10 +394,13 @@ def test_the_shipped_memory_recipe_stages_compose(tmp_path, monkeypatch):
     keep = clis["smollm2_memory_keep"]
     assert keep.model.loss_weights.anchor == 10.0 and keep.model.hparams.anchors == 2 and keep.trainer.max_steps == 40
     assert keep.config["model"]["warmup_steps"] == 5
-    for stage in MEMORY_STAGES[2:]:
+    for stage in list(MEMORY_STAGES)[1:]:
         model = clis[stage].model
         assert model.loss_weights.anchor == 10.0 and model.hparams.anchors == 4 and model.hparams.lr == 3e-4
         assert clis[stage].trainer.max_steps == (150 if stage == "smollm2_memory_prose3" else 100)
+    # the combine stage takes the answer loss closed-book and with the passage in the prompt
+    assert clis["smollm2_memory_combine"].datamodule.sequence_kinds == ("qa_closed", "qa_passage")
+    assert clis["smollm2_memory_prose2"].datamodule.sequence_kinds == ("qa_closed",)
     # stages 5 to 7 add the prose-style documents
     assert "runs/data/prose/corpus.jsonl" in clis["smollm2_memory_prose"].config["data"]["corpus"]
     assert "runs/data/prose2/corpus.jsonl" in clis["smollm2_memory_prose2"].config["data"]["corpus"]
