@@ -80,6 +80,13 @@ def train_demo_hypernet(model: str, out: Path, limit: int = TRAIN_DOCS) -> Path:
     return root / "hypernet"
 
 
+def _check_table(rows: dict[str, dict]) -> str:
+    """Markdown of `specificity_check` rows; the answer loss column only where the rows have it."""
+    cols = [c for c in ("answer_nll", "em", "contains") if all(c in v for v in rows.values())]
+    return "\n".join([f"| adapter | {' | '.join(cols)} | n |", "|---" * (len(cols) + 2) + "|"] +
+                     [f"| {k} | " + " | ".join(f"{v[c]:.3f}" for c in cols) + f" | {v['n']} |" for k, v in rows.items()])
+
+
 def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = False, batch_size: int = 40,
              hypernet: str | None = None, teacher: str | None = None, max_new_tokens: int = 16) -> dict:
     """Run the main job and print its table; writes predictions, metrics.json and table.md under `out`."""
@@ -142,31 +149,39 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = 
     metrics = evaluate(answerer, questions, modes, out_dir / "eval", batch_size=batch_size, with_nll=closed_book,
                        progress=False, subsets={m: prag_questions for m in modes if m.startswith("prag")})
 
-    stage(5, "own-document vs other-document adapters, and general questions")
-    check = specificity_check(base, tok, questions, unseen, store, batch_size, max_new_tokens,
-                              known={"none": metrics["vanilla"]["all"], "own document": metrics["hyper"]["all"]})
+    stage(5, "own-document vs other-document adapters (closed-book and with the passage), general questions")
+    taught = {k: v for k, v in unseen.items() if teacher_store is not None and k in teacher_store}
+    checks = {}
+    for with_passage, (none, hyper, prag) in ((False, ("vanilla", "hyper", "prag")),
+                                              (True, ("rag", "hyper-combine", "prag-combine"))):
+        check = specificity_check(base, tok, questions, unseen, store, batch_size, max_new_tokens,
+                                  known={"none": metrics[none]["all"], "own document": metrics[hyper]["all"]},
+                                  with_passage=with_passage)
+        if prag_questions:
+            check = {f"generated: {k}" if k != "none" else k: v for k, v in check.items()}
+            # "other" is another taught document
+            teacher_check = specificity_check(base, tok, prag_questions, taught, teacher_store, batch_size,
+                                              max_new_tokens, known={"own document": metrics[prag]["all"]},
+                                              skip=("none",), with_passage=with_passage)
+            check.update({f"teacher: {k}": v for k, v in teacher_check.items()})
+        checks[with_passage] = check
+    check, combine_check = checks[False], checks[True]
     sources = {"hypernetwork": (store, store.ids())}
     if prag_questions:
         sources["teacher"] = (teacher_store, teacher_store.ids())
-        check = {f"generated: {k}" if k != "none" else k: v for k, v in check.items()}
-        taught = {k: v for k, v in unseen.items() if k in teacher_store}  # "other" is another taught document
-        teacher_check = specificity_check(base, tok, prag_questions, taught, teacher_store, batch_size, max_new_tokens,
-                                          known={"own document": metrics["prag"]["all"]}, skip=("none",))
-        check.update({f"teacher: {k}": v for k, v in teacher_check.items()})
     general_rows = general_check(base, tok, general, sources, batch_size, max_new_tokens)
     elapsed = time.perf_counter() - started
     table = format_table(metrics)
-    spec_table = "\n".join(["| adapter | answer_nll | em | contains | n |", "|---|---|---|---|---|"] +
-                           [f"| {k} | {v['answer_nll']:.3f} | {v['em']:.3f} | {v['contains']:.3f} | {v['n']} |"
-                            for k, v in check.items()])
     gen_table = "\n".join(["| general questions | contains |", "|---|---|"] +
                           [f"| {k} | {v:.3f} |" for k, v in general_rows.items()])
     report = (f"## Unseen demo documents ({len(unseen_docs)} documents, {len(questions)} questions, {model})\n\n"
-              f"{table}\n\n### Own vs another document's adapter (closed-book)\n\n{spec_table}\n\n"
+              f"{table}\n\n### Own vs another document's adapter (closed-book)\n\n{_check_table(check)}\n\n"
+              "### Own vs another document's adapter, the document in the prompt (the combine modes; none = "
+              f"rag)\n\n{_check_table(combine_check)}\n\n"
               f"{gen_table}\n\nparameterization: {stats['docs_per_s'] or 0:.1f} docs/s; total {elapsed:.0f}s\n")
     print("\n" + report)
-    result = {"model": model, "metrics": metrics, "specificity": check, "general": general_rows,
-              "parameterize": stats, "seconds": elapsed}
+    result = {"model": model, "metrics": metrics, "specificity": check, "specificity_combine": combine_check,
+              "general": general_rows, "parameterize": stats, "seconds": elapsed}
     atomic_write_json(out_dir / "result.json", result)
     atomic_write_text(out_dir / "table.md", report)
     return result

@@ -48,10 +48,18 @@ def own_documents(questions: Sequence[Question], docs: Mapping[str, Document]) -
     return out
 
 
-def _closed_book(model, tokenizer, questions: Sequence[Question], adapters, spec, batch_size: int,
-                 max_new_tokens: int, with_nll: bool) -> dict:
-    """Mean answer loss (if asked), EM and contains of closed-book answers under `adapters` (None: no adapter)."""
-    prompts = [answer_prompt(tokenizer, q.question) for q in questions]
+def check_prompts(tokenizer, questions: Sequence[Question], passages: Sequence[Document] | None = None) -> list[str]:
+    """Closed-book prompts, or with `passages` (one document per question) that document in the prompt as the
+    combine modes put their top-1 document (inference/answer.py)."""
+    return [answer_prompt(tokenizer, q.question, [] if d is None else [(d.title, d.text)])
+            for q, d in zip(questions, passages or [None] * len(questions), strict=True)]
+
+
+def _answer_row(model, tokenizer, questions: Sequence[Question], adapters, spec, batch_size: int,
+                max_new_tokens: int, with_nll: bool, passages: Sequence[Document] | None = None) -> dict:
+    """Mean answer loss (if asked), EM and contains of the answers under `adapters` (None: no adapter), closed-book
+    or with each question's document in the prompt (`check_prompts`)."""
+    prompts = check_prompts(tokenizer, questions, passages)
     raw = generate(model, tokenizer, prompts, adapters, spec, max_new_tokens, batch_size, stop_at_answer=True)
     scores = [score(extract_answer(r), q) for r, q in zip(raw, questions, strict=True)]
     row = {"em": sum(s["em"] for s in scores) / len(scores),
@@ -65,22 +73,27 @@ def _closed_book(model, tokenizer, questions: Sequence[Question], adapters, spec
 
 def specificity_check(model, tokenizer, questions: Sequence[Question], docs: Mapping[str, Document],
                       source: AdapterSource, batch_size: int = 8, max_new_tokens: int = 16,
-                      known: Mapping[str, Mapping] | None = None, skip: Sequence[str] = ()) -> dict[str, dict]:
+                      known: Mapping[str, Mapping] | None = None, skip: Sequence[str] = (),
+                      with_passage: bool = False) -> dict[str, dict]:
     """Rows "none", "own document", "other document": closed-book answer_nll, em, contains and n.
 
     Each question's own document is the one of `docs` holding its first passage; "other" is another
     document of `docs`. `known` rows already measured elsewhere (e.g. the evaluation's vanilla row) are
-    taken as given instead of being recomputed; rows named in `skip` are left out.
+    taken as given instead of being recomputed; rows named in `skip` are left out. `with_passage` asks with
+    the own document in the prompt (the combine modes: is an adapter's gain there its document's, or
+    one any adapter would give?), em / contains / n only.
     """
     own = own_documents(questions, docs)
     other = other_document_map(list(docs))
-    rows = {k: {m: v[m] for m in ("answer_nll", "em", "contains", "n")} for k, v in (known or {}).items()}
+    fields = ("em", "contains", "n") if with_passage else ("answer_nll", "em", "contains", "n")
+    rows = {k: {m: v[m] for m in fields} for k, v in (known or {}).items()}
+    passages = [docs[i] for i in own] if with_passage else None
     for name, ids in zip(ROWS, (None, own, [other[i] for i in own]), strict=True):
         if name in rows or name in skip:
             continue
         adapters = None if ids is None else source.get_many(ids)
-        rows[name] = _closed_book(model, tokenizer, questions, adapters, source.spec, batch_size, max_new_tokens,
-                                  with_nll=True)
+        rows[name] = _answer_row(model, tokenizer, questions, adapters, source.spec, batch_size, max_new_tokens,
+                                  with_nll=not with_passage, passages=passages)
     return {k: rows[k] for k in ROWS if k in rows}
 
 
@@ -90,7 +103,7 @@ def general_check(model, tokenizer, general: Sequence[Question], sources: Mappin
     adapters of the given document ids: question i gets the i-th document's adapter (cycling), so a
     dozen questions check a dozen different adapters in one batched pass."""
     def contains(adapters, spec) -> float:
-        return _closed_book(model, tokenizer, general, adapters, spec, batch_size, max_new_tokens,
+        return _answer_row(model, tokenizer, general, adapters, spec, batch_size, max_new_tokens,
                             with_nll=False)["contains"]
 
     rows = {"no adapter": contains(None, None)}

@@ -76,6 +76,33 @@ def test_specificity_rows_reuse_and_match_the_evaluation(demo_run):
                                       f"with teacher document adapters ({TAUGHT} different)"}
 
 
+def test_combine_rows_ask_as_the_combine_modes_do(demo_run):
+    """The with-passage check asks with the combine modes' prompts and reuses their rows; the other-document
+    rows are its own."""
+    from hyperprag.core.models import load_base_model
+    from inference.answer import make_answerer
+    from inference.checks import check_prompts, own_documents
+
+    result, root, _ = demo_run
+    combine, metrics = result["specificity_combine"], result["metrics"]
+    assert list(combine) == ["none", "generated: own document", "generated: other document",
+                             "teacher: own document", "teacher: other document"]
+    for name, mode in (("none", "rag"), ("generated: own document", "hyper-combine"),
+                       ("teacher: own document", "prag-combine")):
+        assert combine[name] == {k: metrics[mode]["all"][k] for k in ("em", "contains", "n")}
+    assert all("answer_nll" not in row for row in combine.values())
+    assert combine["generated: other document"]["n"] == len(load_demo_questions("unseen"))
+    model, tok = load_base_model(str(root / "tiny-model"))
+    docs, qs = load_demo_corpus("train") + load_demo_corpus("unseen"), load_demo_questions("unseen")
+    answerer = make_answerer(model, tok, docs, retriever="gold", top_k=1)
+    unseen = {d.id: d for d in load_demo_corpus("unseen")}
+    own = [unseen[i] for i in own_documents(qs, unseen)]
+    assert check_prompts(tok, qs, own) == answerer.prompts_and_adapters(qs, "rag")[0]
+    assert check_prompts(tok, qs) == answerer.prompts_and_adapters(qs, "vanilla")[0]
+    table = (root / "out" / "table.md").read_text()
+    assert "the document in the prompt" in table and "| generated: other document | " in table
+
+
 def test_prag_loss_equals_the_teacher_lora_applied_directly(demo_run):
     """The prag row's answer loss is the store's own adapter applied to each question, to 1e-5."""
     result, root, teacher_dir = demo_run
