@@ -363,8 +363,8 @@ def test_every_standalone_config_builds_its_architecture(name, tmp_path, monkeyp
 MEMORY_STAGES = {"smollm2_memory_keep": "smollm2_memory_demo", "smollm2_memory_longer": "smollm2_memory_keep",
                  "smollm2_memory_prose": "smollm2_memory_longer", "smollm2_memory_prose2": "smollm2_memory_prose",
                  "smollm2_memory_prose3": "smollm2_memory_prose2", "smollm2_memory_combine": "smollm2_memory_prose2"}
-"""The demo checkpoint's stages after the first (smollm2_memory_demo), each with the stage it starts from; the
-shipped one is stage 6 (prose2); prose3 and combine start from it and were measured, not shipped
+"""The demo checkpoint's stages after the first (smollm2_memory_demo), each with the stage it starts from. Two
+start from stage 6 (prose2): stage 7 (prose3), measured and not shipped, and stage 8 (combine), shipped
 (docs/specificity.md)."""
 
 
