@@ -2,7 +2,8 @@
 demo (hyperprag/pipeline.py) and the ablation grid (hyperprag/ablation/runner.py) report.
 
 * `specificity_check`: closed-book gold-answer loss and exact match of each question with its own
-  document's adapter, another document's (a fixed derangement) and none. An adapter that injects its
+  document's adapter, another document's (a fixed derangement) and none; or exact match with the own
+  document in the prompt too (the combine modes). An adapter that injects its
   document beats both; an "average" adapter gives own = other.
 * `general_check`: general-knowledge questions answered with no adapter and under many different
   documents' adapters; an adapter should not cost the model what it already knew.
@@ -93,7 +94,7 @@ def specificity_check(model, tokenizer, questions: Sequence[Question], docs: Map
             continue
         adapters = None if ids is None else source.get_many(ids)
         rows[name] = _answer_row(model, tokenizer, questions, adapters, source.spec, batch_size, max_new_tokens,
-                                  with_nll=not with_passage, passages=passages)
+                                 with_nll=not with_passage, passages=passages)
     return {k: rows[k] for k in ROWS if k in rows}
 
 
@@ -104,7 +105,7 @@ def general_check(model, tokenizer, general: Sequence[Question], sources: Mappin
     dozen questions check a dozen different adapters in one batched pass."""
     def contains(adapters, spec) -> float:
         return _answer_row(model, tokenizer, general, adapters, spec, batch_size, max_new_tokens,
-                            with_nll=False)["contains"]
+                           with_nll=False)["contains"]
 
     rows = {"no adapter": contains(None, None)}
     for name, (source, doc_ids) in sources.items():

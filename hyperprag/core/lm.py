@@ -68,10 +68,9 @@ def length_buckets(lengths: Sequence[int], overhead: int = BUCKET_OVERHEAD_TOKEN
     return buckets[::-1]
 
 
-def _right_padded(attention_mask: Tensor) -> bool:
-    lengths = attention_mask.sum(-1, keepdim=True)
+def _right_padded(attention_mask: Tensor, lengths: Tensor) -> bool:
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return bool(((positions < lengths) == attention_mask.bool()).all())
+    return bool(((positions < lengths[:, None]) == attention_mask.bool()).all())
 
 
 def decoder_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
@@ -94,11 +93,12 @@ def decoder_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor |
     without computing the padding. Positions past a row's length hold zeros then.
     """
     shared = adapter is not None or groups is not None  # else hooks the caller installed may differ per row
-    if not shared or attention_mask is None or input_ids.shape[0] < 2 or not _right_padded(attention_mask):
+    if not shared or attention_mask is None or input_ids.shape[0] < 2:
         return _decoder_pass(model, input_ids, attention_mask, adapter, groups)
-    lengths = attention_mask.sum(-1).tolist()
+    row_lengths = attention_mask.sum(-1)  # [b]
+    lengths = row_lengths.tolist()
     buckets = length_buckets(lengths)
-    if len(buckets) == 1:
+    if len(buckets) == 1 or not _right_padded(attention_mask, row_lengths):
         return _decoder_pass(model, input_ids, attention_mask, adapter, groups)
     spec, weights = adapter if adapter is not None else (None, None)
     per_row = groups is None and weights is not None and weights.batched
