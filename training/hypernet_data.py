@@ -100,20 +100,33 @@ def _stack_teachers(teachers: Sequence[LoraWeights | None]) -> tuple[LoraWeights
 class DocCollator:
     """Documents -> one batch dict (a class, not a closure, so DataLoader workers can pickle it)."""
 
-    def __init__(self, pad_id: int, qa_per_doc: int | None, em_per_doc: int, shuffle: bool):
+    def __init__(self, pad_id: int, qa_per_doc: int | None, em_per_doc: int, shuffle: bool,
+                 passage_share: float | None = None):
         self.pad_id, self.qa_per_doc, self.em_per_doc, self.shuffle = pad_id, qa_per_doc, em_per_doc, shuffle
+        self.passage_share = passage_share
 
-    def _pick(self, n: int) -> list[int]:
-        """Which of a document's n examples go into the batch."""
+    def _pick(self, examples: Sequence[Example]) -> list[int]:
+        """Which of a document's examples go into the batch: `qa_per_doc` of them, at random when shuffling
+        (of which round(qa_per_doc * passage_share) in-context ones, when set and available), else the first."""
+        n = len(examples)
         if self.qa_per_doc is None or n <= self.qa_per_doc:
             return list(range(n))
-        if self.shuffle:  # global RNG: seeded by seed_everything, differs per rank and worker
+        if not self.shuffle:
+            return list(range(self.qa_per_doc))
+        # global RNG: seeded by seed_everything, differs per rank and worker
+        if self.passage_share is None:
             return sorted(torch.randperm(n)[: self.qa_per_doc].tolist())
-        return list(range(self.qa_per_doc))
+        inside = [i for i, e in enumerate(examples) if e.kind == "qa_passage"]
+        closed = [i for i, e in enumerate(examples) if e.kind != "qa_passage"]
+        want = min(len(inside), round(self.qa_per_doc * self.passage_share))
+        want = max(want, self.qa_per_doc - len(closed))  # too few closed-book ones: fill with in-context
+        take_inside = [inside[i] for i in torch.randperm(len(inside))[:want].tolist()]
+        take_closed = [closed[i] for i in torch.randperm(len(closed))[: self.qa_per_doc - want].tolist()]
+        return sorted(take_inside + take_closed)
 
     def __call__(self, batch: list[tuple[DocItem, LoraWeights | None]]) -> dict:
         items = [it for it, _ in batch]
-        picks = [(i, it, j) for i, it in enumerate(items) for j in self._pick(len(it.examples))]
+        picks = [(i, it, j) for i, it in enumerate(items) for j in self._pick(it.examples)]
         chosen = [replace(it.examples[j], doc_index=i) for i, it, j in picks]
         out: dict = {"doc_ids": [it.doc_id for it in items],
                      "qa": [(i, q, list(a)) for i, it in enumerate(items) for q, a in it.qa[: self.em_per_doc]]}
@@ -195,7 +208,8 @@ class HyperDataModule(pl.LightningDataModule):
                  qa_per_doc: int | None = 4, val_qa_per_doc: int | None = 8, em_per_doc: int = 2,
                  sequence_kinds: tuple[str, ...] = ("qa_closed",), max_length: int = 256,
                  augment_method: str | None = None, max_qa: int | None = None, context_kl: bool = False,
-                 max_docs: int | None = None, encode_batch_size: int = 16, num_workers: int = 0):
+                 max_docs: int | None = None, encode_batch_size: int = 16, num_workers: int = 0,
+                 passage_share: float | None = None):
         """
         Args:
             corpus: corpus JSONL ({"id", "title", "text"}) of the training documents, or a list of them
@@ -228,11 +242,17 @@ class HyperDataModule(pl.LightningDataModule):
             max_docs: use only the first N usable documents (debugging).
             encode_batch_size: documents per encoder forward when filling the embedding cache.
             num_workers: DataLoader worker processes.
+            passage_share: share of a document's sampled training QA sequences that carry the document in
+                the prompt (kind qa_passage), e.g. 0.25 = 1 of 4; None = drawn uniformly from all it has.
         """
         super().__init__()
         bad = [k for k in sequence_kinds if k not in QA_KINDS]
         if bad:
             raise ValueError(f"sequence_kinds {bad} are not QA kinds {QA_KINDS}")
+        if passage_share is not None and not (0 <= passage_share <= 1 and "qa_passage" in sequence_kinds):
+            raise ValueError(f"passage_share {passage_share} needs a value in [0, 1] and qa_passage among "
+                             f"sequence_kinds {list(sequence_kinds)}")
+        self.passage_share = passage_share
         self.corpus, self.teacher_store, self.augmentations = corpus, teacher_store, augmentations
         self.questions, self.require_teacher = list(questions or []), require_teacher
         self.base_model = base_model
@@ -395,7 +415,8 @@ class HyperDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None and self.pad_id is not None, "call setup() first"
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          collate_fn=DocCollator(self.pad_id, self.qa_per_doc, self.em_per_doc, shuffle=True),
+                          collate_fn=DocCollator(self.pad_id, self.qa_per_doc, self.em_per_doc, shuffle=True,
+                                                 passage_share=self.passage_share),
                           drop_last=len(self.train_set) > self.batch_size, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:

@@ -179,6 +179,36 @@ def test_split_is_by_document_and_seeded():
     assert split_by_document(ids, 0.25, seed=2)[1] != val
 
 
+def test_passage_share_sets_how_many_sampled_sequences_carry_the_document():
+    """qa_per_doc 4 at passage_share 0.25: exactly 1 in-context and 3 closed-book sequences a document, every
+    batch; without it both kinds are drawn alike; a document short of one kind is filled with the other."""
+    from training.hypernet_data import DocCollator, DocItem
+    from training.sequences import Example
+
+    def item(doc_id: str, closed: int, inside: int) -> DocItem:
+        kinds = ["qa_closed"] * closed + ["qa_passage"] * inside
+        return DocItem(doc_id, None, [Example(0, k, [1, 2, 3], [-100, -100, 3]) for k in kinds])
+
+    def kinds(collator, it) -> list[str]:
+        return [it.examples[j].kind for j in collator._pick(it.examples)]
+
+    torch.manual_seed(0)
+    share = DocCollator(pad_id=0, qa_per_doc=4, em_per_doc=0, shuffle=True, passage_share=0.25)
+    even = DocCollator(pad_id=0, qa_per_doc=4, em_per_doc=0, shuffle=True)
+    doc = item("d", closed=10, inside=10)
+    picks = [kinds(share, doc) for _ in range(50)]
+    assert all(k.count("qa_passage") == 1 and k.count("qa_closed") == 3 for k in picks)
+    assert len({tuple(share._pick(doc.examples)) for _ in range(20)}) > 1  # still a random draw
+    inside = sum(kinds(even, doc).count("qa_passage") for _ in range(200)) / 800
+    assert 0.4 < inside < 0.6
+    assert kinds(share, item("few", closed=2, inside=10)).count("qa_passage") == 2  # 4 asked, 2 closed-book
+    assert kinds(share, item("none", closed=10, inside=0)) == ["qa_closed"] * 4
+    batch = share([(doc, None), (item("e", 6, 6), None)])
+    assert batch["doc_index"].tolist() == [0] * 4 + [1] * 4
+    with pytest.raises(ValueError, match="passage_share 0.5 needs .* qa_passage"):
+        HyperDataModule(sequence_kinds=("qa_closed",), passage_share=0.5)
+
+
 def _write_dataset(root: Path, model, tok, spec: LoraSpec) -> dict:
     """A corpus, its augmentations and a teacher store on disk, for the tiny model saved as a folder."""
     from hyperprag.core.lora import target_shapes
@@ -362,10 +392,11 @@ def test_every_standalone_config_builds_its_architecture(name, tmp_path, monkeyp
 
 MEMORY_STAGES = {"smollm2_memory_keep": "smollm2_memory_demo", "smollm2_memory_longer": "smollm2_memory_keep",
                  "smollm2_memory_prose": "smollm2_memory_longer", "smollm2_memory_prose2": "smollm2_memory_prose",
-                 "smollm2_memory_prose3": "smollm2_memory_prose2", "smollm2_memory_combine": "smollm2_memory_prose2"}
+                 "smollm2_memory_prose3": "smollm2_memory_prose2", "smollm2_memory_combine": "smollm2_memory_prose2",
+                 "smollm2_memory_closed": "smollm2_memory_combine"}
 """The demo checkpoint's stages after the first (smollm2_memory_demo), each with the stage it starts from. Two
-start from stage 6 (prose2): stage 7 (prose3), measured and not shipped, and stage 8 (combine), shipped
-(docs/specificity.md)."""
+start from stage 6 (prose2): stage 7 (prose3), measured and not shipped, and stage 8 (combine), shipped;
+stage 9 (closed) goes on from stage 8 (docs/specificity.md)."""
 
 
 @pytest.mark.slow
@@ -394,13 +425,17 @@ def test_the_shipped_memory_recipe_stages_compose(tmp_path, monkeypatch):
     keep = clis["smollm2_memory_keep"]
     assert keep.model.loss_weights.anchor == 10.0 and keep.model.hparams.anchors == 2 and keep.trainer.max_steps == 40
     assert keep.config["model"]["warmup_steps"] == 5
-    for stage in list(MEMORY_STAGES)[1:]:
+    for stage in list(MEMORY_STAGES)[1:-1]:  # stages 4 to 8
         model = clis[stage].model
         assert model.loss_weights.anchor == 10.0 and model.hparams.anchors == 4 and model.hparams.lr == 3e-4
         assert clis[stage].trainer.max_steps == (150 if stage == "smollm2_memory_prose3" else 100)
     # the combine stage takes the answer loss closed-book and with the passage in the prompt
     assert clis["smollm2_memory_combine"].datamodule.sequence_kinds == ("qa_closed", "qa_passage")
     assert clis["smollm2_memory_prose2"].datamodule.sequence_kinds == ("qa_closed",)
+    # stage 9 goes on from stage 8 with 3 of 4 questions closed-book and 6 anchors
+    closed = clis["smollm2_memory_closed"]
+    assert closed.datamodule.passage_share == 0.25 and closed.model.hparams.anchors == 6
+    assert clis["smollm2_memory_combine"].datamodule.passage_share is None
     # stages 5 to 7 add the prose-style documents
     assert "runs/data/prose/corpus.jsonl" in clis["smollm2_memory_prose"].config["data"]["corpus"]
     assert "runs/data/prose2/corpus.jsonl" in clis["smollm2_memory_prose2"].config["data"]["corpus"]
