@@ -62,7 +62,7 @@ def run_model(model: str, args, sets: dict[str, list], corpus: list, index_paths
     from hyperprag.core.models import load_base_model
     from hyperprag.pipeline import shipped_checkpoint
     from hyperprag.session import build_answerer
-    from inference.evaluate import evaluate
+    from inference.evaluate import evaluate, saved_metrics
 
     loaded = load_base_model(model)
     hypernet = args.hypernet or shipped_checkpoint(model)
@@ -99,8 +99,8 @@ def run_model(model: str, args, sets: dict[str, list], corpus: list, index_paths
                     subsets = {m: taught for m in cell_modes if m.startswith("prag")}
                 else:  # teachers only for the sets with their own documents
                     cell_modes = [m for m in cell_modes if not m.startswith("prag")]
-            metrics = evaluate(answerer, asked, cell_modes, base / name / f"{args.scoring}-{label}", progress=False,
-                               subsets=subsets)
+            cell_dir = base / name / f"{args.scoring}-{label}"
+            metrics = evaluate(answerer, asked, cell_modes, cell_dir, progress=False, subsets=subsets)
             row = {"model": model, "set": name, "retrieval": label, "scoring": args.scoring, "chance_uniform": uniform,
                    "chance_majority": majority, **{mode: cell(m) for mode, m in metrics.items()}}
             if label == plans[0][0] and args.generate:
@@ -115,6 +115,14 @@ def run_model(model: str, args, sets: dict[str, list], corpus: list, index_paths
                 row["support_gold"] = sum(s[0] for s in support) / len(support)
                 row["support_wrong"] = sum(s[1] for s in support) / len(support)
             rows.append(row)
+            if subsets:  # every mode again on the questions the prag rows answered: one sample across the row
+                taught = next(iter(subsets.values()))
+                u, m = chance(taught)
+                rows.append({"model": model, "set": name, "retrieval": f"{label}, taught", "scoring": args.scoring,
+                             "chance_uniform": u, "chance_majority": m,
+                             **{mode: cell(saved_metrics(cell_dir, mode, taught)) for mode in cell_modes}})
+                if "vanilla-generate" in row:
+                    rows[-1]["vanilla-generate"] = cell(saved_metrics(base / name / "generate", "vanilla", taught))
             print(f"{model} {name} {label}: {time.perf_counter() - start:.0f} s "
                   f"{ {k: round(v['acc'], 3) for k, v in row.items() if isinstance(v, dict)} }", flush=True)
     return rows
@@ -139,7 +147,8 @@ def table(rows: list[dict]) -> str:
             cells = ["-" if (v := r.get(c)) is None else f"{v['acc']:.3f} [{v['low']:.2f}, {v['high']:.2f}]"
                      + (f" (n={v['n']})" if v["n"] != n else "") for c in cols]
             support = f"{r['support_gold']:.2f} / {r['support_wrong']:.2f}" if "support_gold" in r else "-"
-            docs = "its own" if r["retrieval"] == "own" else f"{r['retrieval']} top-k"
+            docs = {"own": "its own", "own, taught": "its own, the taught subset"}.get(r["retrieval"],
+                                                                                     f"{r['retrieval']} top-k")
             out.append(f"| {r['set']} | {docs} | {n} | {r['chance_uniform']:.3f} / {r['chance_majority']:.3f} | "
                        + " | ".join(cells) + f" | {support} |")
         out.append("")

@@ -67,6 +67,14 @@ def format_table(metrics: dict[str, dict], group: str = "all") -> str:
     return "\n".join(lines)
 
 
+def saved_metrics(out_dir: str | Path, mode: str, questions: Sequence[Question]) -> dict:
+    """One mode's metrics over `questions` from the predictions an `evaluate` run saved in `out_dir` (e.g. every
+    mode on the subset one of them answered); a question without a saved prediction is left out."""
+    by_id = {q.id: q for q in questions}
+    records = [r for r in read_jsonl_records(Path(out_dir) / "predictions" / f"{mode}.jsonl") if r["id"] in by_id]
+    return aggregate(records, by_id)
+
+
 def evaluate(answerer: Answerer, questions: Sequence[Question], modes: Sequence[str], out_dir: str | Path,
              batch_size: int = 8, with_nll: bool | Collection[str] = False, progress: bool = True,
              subsets: Mapping[str, Sequence[Question]] | None = None) -> dict[str, dict]:
@@ -107,9 +115,7 @@ def evaluate(answerer: Answerer, questions: Sequence[Question], modes: Sequence[
                     recs.append(rec)
                 append_jsonl(path, recs)
                 bar.update(len(batch))
-        wanted = {q.id for q in asked}
-        records = [r for r in read_jsonl_records(path) if r["id"] in wanted]
-        all_metrics[mode] = aggregate(records, by_id)
+        all_metrics[mode] = saved_metrics(out_dir, mode, asked)
     atomic_write_json(out_dir / "metrics.json", all_metrics)
     groups = sorted({g for m in all_metrics.values() for g in m}, key=lambda g: (g != "all", g))
     atomic_write_text(out_dir / "metrics.md", "\n\n".join(f"### {g}\n\n{format_table(all_metrics, g)}"

@@ -11,7 +11,7 @@ from hyperprag.core.lora import LoraSpec, LoraWeights, target_shapes
 from hyperprag.core.prompts import answer_prompt
 from hyperprag.core.store import AdapterStore
 from inference.answer import MODES, Retrieval, make_answerer
-from inference.evaluate import evaluate
+from inference.evaluate import evaluate, saved_metrics
 from inference.generate import generate
 
 SPEC = LoraSpec(rank=2, alpha=32)
@@ -116,6 +116,22 @@ def test_evaluate_measures_answer_loss_only_in_the_modes_asked(answerer, tmp_pat
     assert "answer_nll" not in some["vanilla"]["all"]
     assert some["prag"]["all"]["answer_nll"] == pytest.approx(every["prag"]["all"]["answer_nll"], abs=1e-6)
     assert some["vanilla"]["all"]["em"] == every["vanilla"]["all"]["em"]
+
+
+def test_saved_metrics_restrict_every_mode_to_a_subset_one_mode_answered(answerer, tmp_path):
+    """prag answers 3 of 6 questions (subsets); vanilla's saved predictions read back on those 3 equal a run of
+    vanilla on the 3 alone, and on all 6 equal the run's own metrics."""
+    qs = questions(6)
+    some = [qs[0], qs[3], qs[4]]
+    full = evaluate(answerer, qs, ["vanilla", "prag"], tmp_path / "full", batch_size=2, with_nll=True,
+                    progress=False, subsets={"prag": some})
+    alone = evaluate(answerer, some, ["vanilla"], tmp_path / "alone", batch_size=2, with_nll=True, progress=False)
+    assert full["prag"]["all"]["n"] == 3 and full["vanilla"]["all"]["n"] == 6
+    on_some = saved_metrics(tmp_path / "full", "vanilla", some)
+    assert on_some["all"]["n"] == 3
+    for key in ("em", "f1", "answer_nll"):
+        assert on_some["all"][key] == pytest.approx(alone["vanilla"]["all"][key], abs=1e-6)
+        assert saved_metrics(tmp_path / "full", "vanilla", qs)["all"][key] == pytest.approx(full["vanilla"]["all"][key])
 
 
 def test_evaluate_reports_recall_of_the_supporting_passages(answerer, tmp_path):
