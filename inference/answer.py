@@ -14,6 +14,7 @@ from typing import Protocol
 
 from hyperprag.core.compose import compose
 from hyperprag.core.data import Document, Question, corpus_index, supporting_ids
+from hyperprag.core.errors import InputError
 from hyperprag.core.lora import LoraSpec, LoraWeights
 from hyperprag.core.metrics import extract_answer
 from hyperprag.core.prompts import answer_completion, answer_prompt
@@ -112,8 +113,14 @@ class Answerer:
         source = self.teacher if teacher else self.hyper
         if source is None:
             kind = "a teacher adapter store (--store)" if teacher else "a hypernetwork (--hypernet) or a generated store"
-            raise ValueError(f"mode {mode!r} needs {kind}")
+            raise InputError(f"mode {mode!r} needs {kind}")
         return source
+
+    def check_modes(self, modes: Iterable[str]) -> None:
+        """Refuse, before anything is answered, a mode that is unknown or lacks its adapter source."""
+        for mode in modes:
+            if check_mode(mode) in ADAPTER_MODES:
+                self._source(mode)
 
     def prompts_and_adapters(self, questions: Sequence[Question], mode: str
                              ) -> tuple[list[str], list[LoraWeights | None], list[list[str]], LoraSpec | None]:

@@ -89,6 +89,7 @@ def evaluate(answerer: Answerer, questions: Sequence[Question], modes: Sequence[
     by_id = {q.id: q for q in questions}
     if len(by_id) != len(questions):
         raise ValueError("question ids must be unique")
+    answerer.check_modes(modes)
     subsets = subsets or {}
     nll_modes = set(modes) if with_nll is True else set(with_nll or ())
     all_metrics: dict[str, dict] = {}

@@ -130,6 +130,14 @@ def test_a_folder_that_is_not_a_store_is_one_line(tmp_path, tiny_model_dir, monk
         "not an adapter store (make one with AdapterStore.create)\n"
 
 
+def test_a_mode_without_its_adapters_is_one_line_before_any_answer(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    code, err = _script(monkeypatch, capsys, "eval", str(FIXTURES / "questions.jsonl"), "--modes", "[rag,hyper]",
+                        "--retriever", "gold", "--model", str(tiny_model_dir), "--out", str(tmp_path / "eval"))
+    assert code == 1 and err == ("hyperprag: error: mode 'hyper' needs a hypernetwork (--hypernet) or a generated "
+                                 "store\n")
+    assert not (tmp_path / "eval" / "predictions").exists()  # rag was not answered first
+
+
 def test_gold_passages_find_the_adapters_teach_made_from_the_corpus(tmp_path, tiny_model_dir, monkeypatch, capsys):
     """`teach corpus.jsonl store`, then `eval questions.jsonl --retriever gold --store store` without --corpus:
     the pooled passages get other ids (p0, p1, ...), and find their adapters by content; the numbers equal

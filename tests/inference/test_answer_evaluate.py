@@ -7,6 +7,7 @@ import torch
 
 from hyperprag.core.compose import compose
 from hyperprag.core.data import Document, Passage, Question
+from hyperprag.core.errors import InputError
 from hyperprag.core.lora import LoraSpec, LoraWeights, target_shapes
 from hyperprag.core.prompts import answer_prompt
 from hyperprag.core.store import AdapterStore
@@ -80,10 +81,13 @@ def test_prag_answers_equal_generation_with_the_composed_adapter(answerer, tiny_
         assert p.raw == generate(tiny_llama, tiny_tokenizer, [prompt], a, spec, max_new_tokens=6)[0]
 
 
-def test_missing_adapter_source_is_a_clear_error(answerer):
+def test_missing_adapter_source_is_a_clear_error_before_any_answer(answerer, tmp_path):
     answerer.teacher = None
-    with pytest.raises(ValueError, match="teacher adapter store"):
+    with pytest.raises(InputError, match="teacher adapter store"):
         answerer.answer(questions(1), "prag")
+    with pytest.raises(InputError, match="mode 'prag' needs a teacher adapter store"):
+        evaluate(answerer, questions(2), ["vanilla", "prag"], tmp_path / "ev", progress=False)
+    assert not (tmp_path / "ev" / "predictions" / "vanilla.jsonl").exists()  # refused before vanilla ran
 
 
 def test_evaluate_resumes_after_a_kill_with_equal_metrics(answerer, tmp_path):
