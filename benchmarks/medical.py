@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import time
@@ -156,6 +157,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the teacher's progress lines
     from hyperprag.core.medical import SETS, load_set, medical_corpus
 
     default = os.environ.get("HYPERPRAG_SHARED_DATA", str(Path(__file__).resolve().parents[1] / "../shared/data"))

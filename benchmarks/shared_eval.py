@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ def teacher_for(answerer, qs, args, tag: str):
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the teacher's progress lines
     default = os.environ.get("HYPERPRAG_SHARED_DATA", str(Path(__file__).resolve().parents[1] / "../shared/data"))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=default, help="the shared data folder")

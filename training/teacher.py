@@ -549,6 +549,9 @@ def train_corpus(model_name: str, corpus: str | Path, store: str | Path, config:
                 out.flush()  # one shard per group: a kill loses at most the group in flight
                 summary["trained"] += len(keep)
             bar.update(len(group))
+            done, elapsed = g + len(group), time.perf_counter() - start
+            log.info("teacher %s: %d of %d documents in %.0f s (ETA %.0f s)", shard, done, len(todo), elapsed,
+                     elapsed / done * (len(todo) - done))
     finally:
         steps_bar.close()
         bar.close()

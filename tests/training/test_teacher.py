@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import re
 from pathlib import Path
@@ -238,8 +239,9 @@ def _write_corpus(path, docs):
     path.write_text("".join(json.dumps({"id": d.id, "title": d.title, "text": d.text}) + "\n" for d in docs))
 
 
-def test_train_corpus_resumes_and_shards(tmp_path, tiny_tokenizer, monkeypatch):
-    """Two shards fill one store exactly once; a rerun trains nothing; the manifest records the config."""
+def test_train_corpus_resumes_and_shards(tmp_path, tiny_tokenizer, monkeypatch, caplog):
+    """Two shards fill one store exactly once, each logging its progress a group at a time (bars off); a rerun
+    trains nothing; the manifest records the config."""
     from conftest import make_tiny_llama
 
     import training.teacher as teacher
@@ -253,8 +255,12 @@ def test_train_corpus_resumes_and_shards(tmp_path, tiny_tokenizer, monkeypatch):
     _write_corpus(tmp_path / "corpus.jsonl", docs)
     config = TeacherConfig(epochs=1, lr=1e-2, docs_per_step=2)
     store = tmp_path / "store"
-    runs = [teacher.train_corpus(str(tmp_path / "model"), tmp_path / "corpus.jsonl", store, config,
-                                 shard=f"{i}/2", progress=False) for i in range(2)]
+    with caplog.at_level(logging.INFO, logger="training.teacher"):
+        runs = [teacher.train_corpus(str(tmp_path / "model"), tmp_path / "corpus.jsonl", store, config,
+                                     shard=f"{i}/2", progress=False) for i in range(2)]
+    progress = [r.getMessage() for r in caplog.records if " of " in r.getMessage()]
+    assert [m.split(" in ")[0] for m in progress] == ["teacher 0/2: 2 of 2 documents", "teacher 1/2: 1 of 1 documents"]
+    assert all(m.endswith("(ETA 0 s)") for m in progress)
     assert sum(r["trained"] for r in runs) == 3 and all(r["in_shard"] == r["trained"] for r in runs)
     opened = AdapterStore.open(store)
     assert sorted(opened.ids()) == ["d0", "d1", "d2"]
