@@ -17,7 +17,8 @@ module.
 
 Both keep a learned document-independent "bias" adapter (`bias_rank` slots, what every document shares,
 e.g. the answer format) apart from the generated residual, and emit them concatenated along the rank:
-A [b, L, bias_rank + r, in], B [b, L, out, bias_rank + r]; `generated_part` slices the residual off.
+A [b, L, bias_rank + r, in], B [b, L, out, bias_rank + r]; `generated_part` slices the residual off,
+`shared_part` keeps only the bias slots.
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ def generated_part(weights: LoraWeights, bias_rank: int) -> LoraWeights:
     """The document-dependent slots of a token-level network's adapter (rank bias_rank: onwards)."""
     return LoraWeights({m: a[..., bias_rank:, :] for m, a in weights.A.items()},
                        {m: b[..., bias_rank:] for m, b in weights.B.items()})
+
+
+def shared_part(weights: LoraWeights, bias_rank: int) -> LoraWeights:
+    """The document-independent slots of a token-level network's adapter, the generated ones zeroed: same rank
+    and scale, so it stands in for the whole adapter (the control "what would any document's adapter give")."""
+    def keep(x: Tensor, dim: int) -> Tensor:
+        out = torch.zeros_like(x)
+        out.narrow(dim, 0, bias_rank).copy_(x.narrow(dim, 0, bias_rank))
+        return out
+
+    return LoraWeights({m: keep(a, -2) for m, a in weights.A.items()}, {m: keep(b, -1) for m, b in weights.B.items()},
+                       dict(weights.meta))
 
 
 class BiasAdapter(nn.Module):

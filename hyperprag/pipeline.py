@@ -91,7 +91,7 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = 
              hypernet: str | None = None, teacher: str | None = None, max_new_tokens: int = 16) -> dict:
     """Run the main job and print its table; writes predictions, metrics.json and table.md under `out`."""
     from inference.answer import make_answerer
-    from inference.checks import general_check, own_documents, specificity_check
+    from inference.checks import general_check, own_documents, shared_rank, specificity_check
     from inference.evaluate import evaluate, format_table
     from inference.parameterize import parameterize_corpus
 
@@ -156,7 +156,7 @@ def run_demo(model: str = "smollm2-135m", out: str = "runs/demo", train: bool = 
                                               (True, ("rag", "hyper-combine", "prag-combine"))):
         check = specificity_check(base, tok, questions, unseen, store, batch_size, max_new_tokens,
                                   known={"none": metrics[none]["all"], "own document": metrics[hyper]["all"]},
-                                  with_passage=with_passage)
+                                  with_passage=with_passage, shared_rank=shared_rank(store))
         if prag_questions:
             check = {f"generated: {k}" if k != "none" else k: v for k, v in check.items()}
             # "other" is another taught document

@@ -4,7 +4,9 @@ demo (hyperprag/pipeline.py) and the ablation grid (hyperprag/ablation/runner.py
 * `specificity_check`: closed-book gold-answer loss and exact match of each question with its own
   document's adapter, another document's (a fixed derangement) and none; or exact match with the own
   document in the prompt too (the combine modes). An adapter that injects its
-  document beats both; an "average" adapter gives own = other.
+  document beats both; an "average" adapter gives own = other. For a token-level network's adapters also
+  the document-independent slots alone (`hypernet.token_model.shared_part`): what any document's adapter
+  brings, the control for a gain that is not the document's.
 * `general_check`: general-knowledge questions answered with no adapter and under many different
   documents' adapters; an adapter should not cost the model what it already knew.
 """
@@ -14,13 +16,16 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 
+from hypernet.config import TOKEN_ARCHS
+from hypernet.token_model import shared_part
 from hyperprag.core.data import Document, Question, corpus_index
 from hyperprag.core.metrics import extract_answer, score
 from hyperprag.core.prompts import answer_completion, answer_prompt
 from inference.generate import answer_nll, generate
 from inference.sources import AdapterSource
 
-ROWS = ("none", "own document", "other document")
+ROWS = ("none", "own document", "other document", "document-independent part")
+"""The rows of `specificity_check`; the last only for token-level networks' adapters (`shared_rank`)."""
 
 
 def other_document_map(doc_ids: Sequence[str], seed: int = 0) -> dict[str, str]:
@@ -72,11 +77,20 @@ def _answer_row(model, tokenizer, questions: Sequence[Question], adapters, spec,
     return row
 
 
+def shared_rank(store) -> int | None:
+    """The document-independent slots (bias_rank) of the token-level network that made a generated store
+    (`hyperprag parameterize` records its config); None for other stores (pooled networks keep none)."""
+    config = (getattr(store, "settings", None) or {}).get("hypernet_config") or {}
+    return (config.get("bias_rank") or None) if config.get("arch") in TOKEN_ARCHS else None
+
+
 def specificity_check(model, tokenizer, questions: Sequence[Question], docs: Mapping[str, Document],
                       source: AdapterSource, batch_size: int = 8, max_new_tokens: int = 16,
                       known: Mapping[str, Mapping] | None = None, skip: Sequence[str] = (),
-                      with_passage: bool = False) -> dict[str, dict]:
-    """Rows "none", "own document", "other document": closed-book answer_nll, em, contains and n.
+                      with_passage: bool = False, shared_rank: int | None = None) -> dict[str, dict]:
+    """Rows "none", "own document", "other document": closed-book answer_nll, em, contains and n; with
+    `shared_rank` (a token-level network's bias_rank) also "document-independent part": the own adapters
+    with every generated slot zeroed.
 
     Each question's own document is the one of `docs` holding its first passage; "other" is another
     document of `docs`. `known` rows already measured elsewhere (e.g. the evaluation's vanilla row) are
@@ -89,10 +103,15 @@ def specificity_check(model, tokenizer, questions: Sequence[Question], docs: Map
     fields = ("em", "contains", "n") if with_passage else ("answer_nll", "em", "contains", "n")
     rows = {k: {m: v[m] for m in fields} for k, v in (known or {}).items()}
     passages = [docs[i] for i in own] if with_passage else None
-    for name, ids in zip(ROWS, (None, own, [other[i] for i in own]), strict=True):
+    plans = [("none", None), ("own document", own), ("other document", [other[i] for i in own])]
+    if shared_rank:
+        plans.append(("document-independent part", own))
+    for name, ids in plans:
         if name in rows or name in skip:
             continue
         adapters = None if ids is None else source.get_many(ids)
+        if name == "document-independent part":
+            adapters = [shared_part(a, shared_rank) for a in adapters]
         rows[name] = _answer_row(model, tokenizer, questions, adapters, source.spec, batch_size, max_new_tokens,
                                  with_nll=not with_passage, passages=passages)
     return {k: rows[k] for k in ROWS if k in rows}

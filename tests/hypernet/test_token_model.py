@@ -15,7 +15,7 @@ from hypernet.config import HyperNetConfig
 from hypernet.encoders import DocStates, TokenStateEncoder, encode_documents
 from hypernet.losses import lm_loss, select_logits, target_mask
 from hypernet.model import build_hypernet, count_parameters, parameter_table
-from hypernet.token_model import OuterLoRA, PerceiverLoRA, generated_part
+from hypernet.token_model import OuterLoRA, PerceiverLoRA, generated_part, shared_part
 from hyperprag.core.lora import LoraSpec, apply_lora, target_shapes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -104,6 +104,30 @@ def test_shapes_rank_and_zero_start(arch, model_name, request, tiny_tokenizer):
         with apply_lora(model, spec, out):
             adapted = model(ids).logits
     torch.testing.assert_close(adapted, plain)  # training starts from the plain model
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_part_is_the_same_for_every_document_and_completes_the_generated_part(arch, tiny_llama,
+                                                                                    tiny_tokenizer):
+    """With every gain and the bias set off zero: the shared part of two documents' adapters is identical, it
+    keeps the adapter's rank, and shared + generated slots give the whole adapter's update."""
+    spec = _spec(arch, 6)
+    net = build_hypernet(_config(arch), target_shapes(tiny_llama, spec), spec)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    out = net(_states(tiny_llama, tiny_tokenizer, arch=arch))
+    shared = shared_part(out, 2)
+    assert shared.rank == out.rank == 6
+    for m in out.A:
+        assert not torch.equal(out.delta(m, 0, 1.0)[0], out.delta(m, 0, 1.0)[1])  # the documents' adapters differ
+        torch.testing.assert_close(shared.A[m][0], shared.A[m][1])
+        torch.testing.assert_close(shared.B[m][0], shared.B[m][1])
+        assert torch.count_nonzero(shared.B[m][..., 2:]) == 0
+        for layer in range(out.A[m].shape[1]):
+            parts = shared.delta(m, layer, 1.0) + generated_part(out, 2).delta(m, layer, 1.0)
+            torch.testing.assert_close(parts, out.delta(m, layer, 1.0), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
