@@ -1,6 +1,7 @@
 """Where a token-level hypernetwork training step spends its time, on the embedded base model.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/hypernet_step.py --docs 8 --qa 4 --repeats 3 [--threads 2]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/hypernet_step.py --docs 8 --qa 4 --repeats 3 [--threads 2] \
+        [--precision bf16-mixed]
 
 One step of configs/hypernet/keyvalue_perceiver.yaml's recipe on synthetic documents, timed in parts: the frozen base
 model's forward over the documents (their per-layer token states, no gradients), the hypernetwork's
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--precision", default="32", choices=["32", "bf16-mixed"],
+                   help="as Lightning's Trainer(precision=...): bf16-mixed runs the step under bf16 autocast")
     a = p.parse_args(argv)
     import torch
 
@@ -51,9 +54,12 @@ def main(argv: list[str] | None = None) -> dict:
     spec = LoraSpec(rank=a.rank)
     config = HyperNetConfig(arch="perceiver", latent_dim=256, heads=4, blocks=2, bias_rank=2, b_scale=0.02,
                             emb_dim=base.config.hidden_size)
+    torch.manual_seed(0)  # the same start in either precision, so their losses compare
     net = build_hypernet(config, target_shapes(base, spec), spec)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    encoder = TokenStateEncoder(base, tok)
+    mixed = a.precision == "bf16-mixed"
+    encoder = TokenStateEncoder(base, tok, compute_dtype="bfloat16" if mixed else "float32")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed)  # what Lightning wraps steps in
     docs, questions = generate_synthetic(a.docs * a.repeats, seed=0)
     options = SequenceOptions(kinds=("qa_closed",), max_length=256)
     parts: dict[str, list[float]] = {}
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         yield
         parts.setdefault(name, []).append(time.perf_counter() - t)
 
-    tokens = {}
+    tokens, losses = {}, []
     for r in range(a.repeats):
         chunk = docs[r * a.docs:(r + 1) * a.docs]
         examples = []
@@ -80,17 +86,18 @@ def main(argv: list[str] | None = None) -> dict:
         tokens = {"documents": int(enc["attention_mask"].sum()), "qa": int(batch["attention_mask"].sum())}
         with timed("document states (base forward, no grad)"):
             states = encoder.states(enc["input_ids"], enc["attention_mask"])
-        with timed("hypernetwork forward"):
+        with timed("hypernetwork forward"), autocast:
             weights = net(states)
         ids, mask, groups = batch["input_ids"], batch["attention_mask"], batch["doc_index"]
-        with timed("QA forward, prefix once per document"):
+        with timed("QA forward, prefix once per document"), autocast:
             loss = lm_loss(select_logits(base, spec, weights, ids, mask, ans, groups=groups), targets)
+        losses.append(float(loss.detach()))
         with timed("QA + hypernetwork backward"):
             loss.backward()
         with timed("optimizer step"):
             opt.step()
             opt.zero_grad()
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             shared = net(states)
             with timed("(for comparison) QA forward without gradients, prefix per sequence"):
                 select_logits(base, spec, shared.select(groups), ids, mask, ans)
@@ -99,13 +106,14 @@ def main(argv: list[str] | None = None) -> dict:
     medians = {k: statistics.median(v) for k, v in parts.items()}
     step = sum(v for k, v in medians.items() if not k.startswith("("))
     print(f"{a.docs} documents x {a.qa} questions, rank {a.rank}, {count_parameters(net):,} hypernetwork "
-          f"parameters, {torch.get_num_threads()} threads; tokens per step: {tokens}")
+          f"parameters, {torch.get_num_threads()} threads, precision {a.precision}; tokens per step: {tokens}")
     print("| part | seconds | share of the step |\n|---|---|---|")
     for k, v in medians.items():
         share = f"{v / step:.0%}" if not k.startswith("(") else "-"
         print(f"| {k} | {v:.2f} | {share} |")
     print(f"| **one training step** | **{step:.2f}** | 100% |")
-    return {"medians": medians, "step": step, "tokens": tokens}
+    print("answer loss at each step: " + ", ".join(f"{x:.4f}" for x in losses))
+    return {"medians": medians, "step": step, "tokens": tokens, "losses": losses}
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ def fresh_hypernet(folder: Path, base, encoder_kind: str) -> Path:
 
 def bench_parameterize(args, base, tok, hypernet: Path, tmp: Path) -> dict:
     """Hypernetwork docs/s (encode / generate / write) vs teacher docs/s (+ augmentation)."""
+    from hyperprag.core.store import AdapterStore
     from hyperprag.demo.synth import generate_synthetic
     from inference.parameterize import parameterize_corpus
     from training.augment import augment_documents
@@ -125,11 +126,13 @@ def bench_parameterize(args, base, tok, hypernet: Path, tmp: Path) -> dict:
         docs = (load_demo_corpus("train") + load_demo_corpus("unseen"))[: args.docs]
     else:
         docs, _ = generate_synthetic(args.docs, seed=0)
-    parameterize_corpus(hypernet, docs[:32], tmp / "warm", base, tok, batch_size=32, progress=False)  # warm-up
+    parameterize_corpus(hypernet, docs[:32], tmp / "warm", base, tok, batch_size=32, progress=False,
+                        compute_dtype=args.compute_dtype)  # warm-up
     with PeakRSS() as mem_h:
         stats = parameterize_corpus(hypernet, docs, tmp / "param-store", base, tok, batch_size=args.batch,
-                                    progress=False)
-    bf16 = encode_bf16(hypernet, base, tok, [d.full_text for d in docs], args.batch)
+                                    progress=False, compute_dtype=args.compute_dtype)
+    used = AdapterStore.open(tmp / "param-store").settings["encoder"].get("compute_dtype", "float32")
+    precisions = encode_precisions(hypernet, base, tok, [d.full_text for d in docs], args.batch)
     teach_docs = docs[: args.teacher_docs]
     t: dict = {}
     with PeakRSS() as mem_a, timer(t, "augment"):
@@ -146,29 +149,36 @@ def bench_parameterize(args, base, tok, hypernet: Path, tmp: Path) -> dict:
             "teacher_steps": sum(a.meta["steps"] for a in adapters) / n_t,
             "teacher_dps": n_t / t["train"], "teacher_dps_aug": n_t / (t["train"] + t["augment"]),
             "ratio_excl": hyper_dps / (n_t / t["train"]), "ratio_incl": hyper_dps / (n_t / (t["train"] + t["augment"])),
-            "mem_hyper": mem_h.mb, "mem_augment": mem_a.mb, "mem_teacher": mem_t.mb, **bf16}
+            "mem_hyper": mem_h.mb, "mem_augment": mem_a.mb, "mem_teacher": mem_t.mb, "compute_dtype": used,
+            **precisions}
 
 
-def encode_bf16(hypernet: Path, base, tok, texts: list[str], batch: int) -> dict:
-    """Encoding time in float32 and under bfloat16 autocast, and how far the embeddings move (1 - cosine)."""
+def encode_precisions(hypernet: Path, base, tok, texts: list[str], batch: int) -> dict:
+    """Encoding time with the base pass in float32 and in bfloat16 (EncoderSpec.compute_dtype), batch by batch
+    on the same length-sorted batches parameterization uses, alternating, and how far the bf16 states move
+    from float32's (max 1 - cosine over real tokens and layers)."""
     import torch
 
-    from hypernet.encoders import DocStates, encode_documents
+    from hypernet.encoders import DocStates
     from inference.parameterize import load_for_model
 
-    _, encoder = load_for_model(hypernet, base, tok)
-    t: dict = {}
-    with timer(t, "fp32"):
-        ref = encode_documents(encoder, texts, batch)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        encode_documents(encoder, texts[:batch], batch)  # warm-up (oneDNN bf16 kernels)
-        with timer(t, "bf16"):
-            emb = encode_documents(encoder, texts, batch)
-    if isinstance(ref, DocStates):  # per token and layer, over the real tokens
-        real = ref.mask.bool()[:, None, :].expand(ref.states.shape[:3])
-        ref, emb = ref.states[real], emb.states.float()[real]
-    drift = float((1 - torch.nn.functional.cosine_similarity(ref, emb, dim=-1)).max())
-    return {"encode_fp32_again_s": t["fp32"], "encode_bf16_s": t["bf16"], "bf16_cos_drift": drift}
+    encoders = {dtype: load_for_model(hypernet, base, tok, dtype)[1] for dtype in ("float32", "bfloat16")}
+    texts = sorted(texts, key=len)
+    for enc in encoders.values():
+        enc.encode(texts[:batch])  # warm-up (oneDNN's bf16 kernels)
+    seconds, drift = {dtype: 0.0 for dtype in encoders}, 0.0
+    for start in range(0, len(texts), batch):
+        got = {}
+        for dtype, enc in encoders.items():
+            t = time.perf_counter()
+            got[dtype] = enc.encode(texts[start:start + batch])
+            seconds[dtype] += time.perf_counter() - t
+        ref, emb = got["float32"], got["bfloat16"]
+        if isinstance(ref, DocStates):  # per token and layer, over the real tokens
+            real = ref.mask.bool()[:, None, :].expand(ref.states.shape[:3])
+            ref, emb = ref.states[real], emb.states[real]
+        drift = max(drift, float((1 - torch.nn.functional.cosine_similarity(ref, emb, dim=-1)).max()))
+    return {"encode_float32_s": seconds["float32"], "encode_bfloat16_s": seconds["bfloat16"], "bf16_cos_drift": drift}
 
 
 def stand_in_teacher(folder: Path, base, docs) -> object:
@@ -282,18 +292,21 @@ def report(args, p: dict | None, rows: dict | None, batched: dict | None) -> str
     if p is not None:
         parts = {"encode": p["encode_s"], "generate": p["generate_s"], "store write": p["write_s"]}
         top = max(parts, key=parts.get)
-        bf16_s = p["hyper_s"] - p["encode_s"] * (1 - p["encode_bf16_s"] / p["encode_fp32_again_s"])
-        bf16_ratio = p["ratio_incl"] * p["hyper_s"] / bf16_s
+        used = p["compute_dtype"]
+        other = "float32" if used == "bfloat16" else "bfloat16"
+        other_s = p["hyper_s"] - p["encode_s"] * (1 - p[f"encode_{other}_s"] / p[f"encode_{used}_s"])
+        other_ratio = p["ratio_incl"] * p["hyper_s"] / other_s
         out += [f"### Parameterization throughput ({args.source} documents)", "",
                 "| path | docs | seconds | docs/s | peak RSS +MB |", "|---|---|---|---|---|",
-                f"| hypernetwork (encode + generate + write, batch {args.batch}) | {p['docs']} | {p['hyper_s']:.2f} | "
+                f"| hypernetwork (encode in {used} + generate + write, batch {args.batch}) | {p['docs']} | "
+                f"{p['hyper_s']:.2f} | "
                 f"{p['hyper_dps']:.1f} | {p['mem_hyper']:.0f} |"]
         out += [f"| &nbsp; {k} | | {v:.2f} ({100 * v / p['hyper_s']:.0f}%) | {p['docs'] / v:.1f} | |"
                 for k, v in parts.items()]
-        out += [f"| &nbsp; (encode again in float32, to compare with the row below) | {p['docs']} | "
-                f"{p['encode_fp32_again_s']:.2f} | {p['docs'] / p['encode_fp32_again_s']:.1f} | |",
-                f"| &nbsp; (encode under bfloat16 autocast: not the default; max 1 - cos = {p['bf16_cos_drift']:.1e}) "
-                f"| {p['docs']} | {p['encode_bf16_s']:.2f} | {p['docs'] / p['encode_bf16_s']:.1f} | |"]
+        out += [f"| &nbsp; (encode again, base pass in float32) | {p['docs']} | "
+                f"{p['encode_float32_s']:.2f} | {p['docs'] / p['encode_float32_s']:.1f} | |",
+                f"| &nbsp; (encode again, base pass in bfloat16; max 1 - cos vs float32 = {p['bf16_cos_drift']:.1e}) "
+                f"| {p['docs']} | {p['encode_bfloat16_s']:.2f} | {p['docs'] / p['encode_bfloat16_s']:.1f} | |"]
         out += [f"| {args.augment} augmentation | {p['teacher_docs']} | {p['augment_s']:.3g} | "
                 f"{p['teacher_docs'] / p['augment_s']:.4g} | {p['mem_augment']:.0f} |",
                 f"| teacher training ({args.teacher_config or 'default for ' + args.model}, "
@@ -303,7 +316,7 @@ def report(args, p: dict | None, rows: dict | None, batched: dict | None) -> str
                 f"| including augmentation | {p['ratio_incl']:.0f}x | >= 1000x | {ok[p['ratio_incl'] >= 1000]} |",
                 f"| excluding augmentation | {p['ratio_excl']:.0f}x | >= 100x | {ok[p['ratio_excl'] >= 100]} |",
                 "", f"Hypernetwork time is dominated by **{top}** ({100 * parts[top] / p['hyper_s']:.0f}%). With the "
-                f"encoder under bfloat16 autocast the ratios would be about {bf16_ratio:.0f}x (incl. augmentation).", ""]
+                f"encoder's base pass in {other} the ratio would be about {other_ratio:.0f}x (incl. augmentation).", ""]
     if rows is not None:
         v, r = rows["vanilla"]["s"], rows["rag"]["s"]
         out += [f"### Answer latency per question (batch 1, top-{args.top_k}, {args.max_new_tokens} new tokens, "
@@ -348,6 +361,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--augment", default="rules", choices=["rules", "llm", "rules+llm"],
                     help="teacher's augmentation (the demo config's is rules; llm generates QA with the base model)")
     ap.add_argument("--batch", type=int, default=32, help="hypernetwork batch (documents per forward)")
+    ap.add_argument("--compute-dtype", default=None, choices=["float32", "bfloat16", "auto"],
+                    help="precision of the encoder's base pass (default: the checkpoint's)")
     ap.add_argument("--teacher-docs", type=int, default=4, help="documents trained by the teacher (one group)")
     ap.add_argument("--teacher-config", default=None,
                     help="teacher YAML (default: the model's defaults, TeacherConfig.for_model)")

@@ -8,9 +8,6 @@ because a hypernetwork's outputs only fit the architecture and adapter layout it
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from torch import nn
 from hypernet.config import EncoderSpec, HyperNetConfig
 from hypernet.model import Shapes, build_hypernet
 from hyperprag.core.errors import InputError
-from hyperprag.core.io import replace_dir
+from hyperprag.core.io import write_dir
 from hyperprag.core.lora import LoraSpec, LoraWeights
 
 FORMAT = "hyperprag-hypernet"
@@ -73,19 +70,12 @@ def save_hypernet(folder: str | Path, model: nn.Module, config: HyperNetConfig, 
            "shapes": {m: list(s) for m, s in shapes.items()}, "meta": meta or {}}
     json.dumps(doc)  # fail before writing anything on non-JSON meta
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
+
+    def fill(tmp: Path) -> None:
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+
+    return write_dir(folder, fill, marker=CONFIG_FILE)
 
 
 def read_config(folder: str | Path) -> dict:

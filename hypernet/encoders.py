@@ -8,12 +8,16 @@
   forward of the base model per document batch, while a cache would hold ~4 MB per document (SmolLM2,
   bf16) for documents a CPU training run sees about once.
 
+The LLM encoders' base pass runs in `EncoderSpec.compute_dtype`: float32, or bfloat16 under autocast, which
+halves its time where the hardware multiplies bf16 natively (recent x86 CPUs, GPUs); "auto" picks it there.
+
 `EmbeddingCache` stores one safetensors file per encoder id, keyed by each document's content hash, so a
 training corpus is encoded once and reused by every run (and every DDP rank) with that encoder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Sequence
@@ -24,7 +28,7 @@ from typing import Protocol
 import torch
 from safetensors.torch import load_file, save
 
-from hypernet.config import TOKEN_STATES, EncoderSpec
+from hypernet.config import COMPUTE_DTYPES, TOKEN_STATES, EncoderSpec
 from hyperprag.core.io import atomic_write_bytes
 
 
@@ -78,17 +82,48 @@ class DocumentEncoder(Protocol):
         ...
 
 
-def encoder_id(spec: EncoderSpec, base_model: str | None = None) -> str:
-    """The cache key of an encoder, known without loading it (an 'llm' encoder is named by its base model)."""
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether `device` multiplies bfloat16 natively (CUDA with bf16, or a CPU with AVX512-BF16 or AMX)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence looked up
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def resolve_compute_dtype(name: str, device: torch.device | str | None = None) -> str:
+    """"float32" or "bfloat16": `name`, with "auto" decided for `device` (default: cuda if present, else cpu)."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype {name!r} is not one of {COMPUTE_DTYPES}")
+    if name != "auto":
+        return name
+    device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    return "bfloat16" if native_bf16(device) else "float32"
+
+
+def base_pass_precision(compute_dtype: str, device: torch.device | str):
+    """The context the frozen base pass runs in: nothing for float32, bf16 autocast for bfloat16."""
+    if resolve_compute_dtype(compute_dtype, device) == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def encoder_id(spec: EncoderSpec, base_model: str | None = None, device: torch.device | str | None = None) -> str:
+    """The cache key of an encoder, known without loading it (an 'llm' encoder is named by its base model;
+    a bf16 base pass adds its precision, since its states differ from float32's)."""
     if spec.kind == "sentence":
         from hyperprag.core.embedders import MINILM_NAME
 
         return f"sentence:{MINILM_NAME}"
     if base_model is None:
         raise ValueError("the id of an 'llm' encoder needs the base model's name")
+    precision = resolve_compute_dtype(spec.compute_dtype, device)
+    suffix = "" if precision == "float32" else f":{precision}"
     if spec.kind == "tokens":
-        return f"tokens:{base_model}:{spec.token_states}:{spec.max_length}"
-    return f"llm:{base_model}:layer{spec.layer}:{spec.pooling}:{spec.max_length}"
+        return f"tokens:{base_model}:{spec.token_states}:{spec.max_length}{suffix}"
+    return f"llm:{base_model}:layer{spec.layer}:{spec.pooling}:{spec.max_length}{suffix}"
 
 
 class SentenceEncoder:
@@ -110,7 +145,8 @@ class SentenceEncoder:
 class LLMEncoder:
     """Pooled hidden states of a (frozen) causal LM at `layer` (index into hidden_states, -1 = last)."""
 
-    def __init__(self, model, tokenizer, layer: int = -1, pooling: str = "mean", max_length: int = 512):
+    def __init__(self, model, tokenizer, layer: int = -1, pooling: str = "mean", max_length: int = 512,
+                 compute_dtype: str = "float32"):
         from hyperprag.core.models import model_id
 
         if pooling not in ("mean", "last"):
@@ -121,8 +157,10 @@ class LLMEncoder:
         self.model, self.tokenizer = model, tokenizer
         self.layer, self.pooling, self.max_length = layer, pooling, max_length
         self.dim = int(model.config.get_text_config().hidden_size)
-        self.id = encoder_id(EncoderSpec(kind="llm", layer=layer, pooling=pooling, max_length=max_length),
-                             model_id(model))
+        device = next(model.parameters()).device
+        self.compute_dtype = resolve_compute_dtype(compute_dtype, device)
+        self.id = encoder_id(EncoderSpec(kind="llm", layer=layer, pooling=pooling, max_length=max_length,
+                                         compute_dtype=self.compute_dtype), model_id(model))
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
@@ -130,9 +168,10 @@ class LLMEncoder:
         enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
                              max_length=self.max_length).to(device)
         mask = enc["attention_mask"]  # [n, t]
-        out = self.model.get_decoder()(input_ids=enc["input_ids"], attention_mask=mask,
-                                       position_ids=_position_ids(mask),
-                                       output_hidden_states=True, use_cache=False)
+        with base_pass_precision(self.compute_dtype, device):
+            out = self.model.get_decoder()(input_ids=enc["input_ids"], attention_mask=mask,
+                                           position_ids=_position_ids(mask),
+                                           output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states[self.layer].float()  # [n, t, h]
         if self.pooling == "mean":
             w = mask.unsqueeze(-1).float()
@@ -155,7 +194,8 @@ class TokenStateEncoder:
     """
 
     def __init__(self, model, tokenizer, layers: Sequence[int] | None = None, max_length: int = 512,
-                 dtype: torch.dtype = torch.float32, token_states: str = "residual"):
+                 dtype: torch.dtype = torch.float32, token_states: str = "residual",
+                 compute_dtype: str = "float32"):
         from hyperprag.core.models import model_id
 
         text = model.config.get_text_config()
@@ -168,8 +208,9 @@ class TokenStateEncoder:
         self.model, self.tokenizer, self.max_length, self.dtype = model, tokenizer, max_length, dtype
         self.token_states = token_states
         self.dim = int(text.hidden_size if token_states == "residual" else text.intermediate_size)
-        self.id = encoder_id(EncoderSpec(kind="tokens", max_length=max_length, token_states=token_states),
-                             model_id(model))
+        self.compute_dtype = resolve_compute_dtype(compute_dtype, next(model.parameters()).device)
+        self.id = encoder_id(EncoderSpec(kind="tokens", max_length=max_length, token_states=token_states,
+                                         compute_dtype=self.compute_dtype), model_id(model))
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Right-padded document tokens (input_ids, attention_mask [n, T]), as `states` takes them."""
@@ -184,11 +225,12 @@ class TokenStateEncoder:
     @torch.no_grad()
     def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DocStates:
         """DocStates of tokenized documents, on the model's device."""
-        if self.token_states == "memory":
-            return self._memory(input_ids, attention_mask)
-        out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                       position_ids=_position_ids(attention_mask), output_hidden_states=True,
-                                       use_cache=False)
+        with base_pass_precision(self.compute_dtype, input_ids.device):
+            if self.token_states == "memory":
+                return self._memory(input_ids, attention_mask)
+            out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                           position_ids=_position_ids(attention_mask), output_hidden_states=True,
+                                           use_cache=False)
         states = torch.stack([out.hidden_states[i] for i in self.layers], dim=1)  # [n, L, T, H]
         return DocStates(states.to(self.dtype), attention_mask)
 
@@ -231,8 +273,9 @@ def build_encoder(spec: EncoderSpec, model=None, tokenizer=None, device: str = "
         raise ValueError(f"an {spec.kind!r} encoder needs the base model and its tokenizer")
     if spec.kind == "tokens":
         return TokenStateEncoder(model, tokenizer, layers=layers, max_length=spec.max_length,
-                                 token_states=spec.token_states)
-    return LLMEncoder(model, tokenizer, layer=spec.layer, pooling=spec.pooling, max_length=spec.max_length)
+                                 token_states=spec.token_states, compute_dtype=spec.compute_dtype)
+    return LLMEncoder(model, tokenizer, layer=spec.layer, pooling=spec.pooling, max_length=spec.max_length,
+                      compute_dtype=spec.compute_dtype)
 
 
 def encoder_dim(spec: EncoderSpec, base_config=None) -> int:

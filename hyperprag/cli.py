@@ -27,6 +27,7 @@ OnError = Literal["fail", "skip"]
 RetrieverKind = Literal["bm25", "dense", "gold"]
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 StoreDtype = Literal["float32", "float16", "bfloat16"]
+ComputeDtype = Literal["float32", "bfloat16", "auto"]
 Composition = Literal["cat", "sum", "mean", "cat-mean"]
 IndexKind = Literal["bm25", "dense"]
 AugmentMethod = Literal["rules", "llm", "rules+llm"]
@@ -234,7 +235,8 @@ def teach(corpus: str, store: str, model: str = DEFAULT_MODEL, settings: str | N
 
 
 def parameterize(corpus: str, hypernet: str, store: str, model: str = DEFAULT_MODEL, batch_size: int = 32,
-                 shard: str = "0/1", store_dtype: StoreDtype = "float32", on_error: OnError = "fail") -> dict:
+                 shard: str = "0/1", store_dtype: StoreDtype = "float32", on_error: OnError = "fail",
+                 compute_dtype: ComputeDtype | None = None) -> dict:
     """Generate every document's adapter with a trained hypernetwork (one forward per batch) into a store.
 
     Args:
@@ -246,6 +248,7 @@ def parameterize(corpus: str, hypernet: str, store: str, model: str = DEFAULT_MO
         shard: This process's part of the corpus, "i/N".
         store_dtype: float32, float16 or bfloat16 storage.
         on_error: fail or skip bad input records.
+        compute_dtype: Precision of the encoder's base pass (float32, bfloat16, auto); default the checkpoint's.
     """
     from hyperprag.core.models import load_base_model
     from hyperprag.session import load_documents
@@ -254,7 +257,7 @@ def parameterize(corpus: str, hypernet: str, store: str, model: str = DEFAULT_MO
     docs = load_documents(corpus, on_error=on_error)
     base, tok = load_base_model(model)
     stats = parameterize_corpus(hypernet, docs, store, base, tok, batch_size=batch_size, shard=shard,
-                                store_dtype=store_dtype)
+                                store_dtype=store_dtype, compute_dtype=compute_dtype)
     print(json.dumps(stats, indent=2))
     return stats
 

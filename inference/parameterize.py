@@ -11,14 +11,14 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from hypernet.checkpoint import LoadedHypernet, load_hypernet
-from hypernet.encoders import DocumentEncoder, build_encoder, encode_documents
+from hypernet.encoders import DocumentEncoder, build_encoder
 from hyperprag.core.data import Document
 from hyperprag.core.lora import LoraWeights, target_shapes
 from hyperprag.core.models import model_id
@@ -27,11 +27,19 @@ from hyperprag.core.shards import parse_shard, shard_of
 log = logging.getLogger(__name__)
 
 
-def load_for_model(folder: str | Path, base, tokenizer) -> tuple[LoadedHypernet, DocumentEncoder]:
-    """Load a hypernetwork checked against `base` (name, LoRA shapes) and build its document encoder."""
+def load_for_model(folder: str | Path, base, tokenizer, compute_dtype: str | None = None
+                   ) -> tuple[LoadedHypernet, DocumentEncoder]:
+    """Load a hypernetwork checked against `base` (name, LoRA shapes) and build its document encoder.
+
+    `compute_dtype` overrides the precision of the encoder's base pass the checkpoint records (None keeps it).
+    """
     doc_spec = load_hypernet(folder).spec  # read the spec first to compute the base model's shapes for it
     hyper = load_hypernet(folder, expect_base_model=model_id(base), expect_shapes=target_shapes(base, doc_spec))
+    if compute_dtype is not None:
+        hyper.encoder = replace(hyper.encoder, compute_dtype=compute_dtype)
     encoder = build_encoder(hyper.encoder, base, tokenizer, layers=hyper.spec.layers)
+    if hasattr(encoder, "compute_dtype"):  # record "auto" as it was decided on this machine
+        hyper.encoder = replace(hyper.encoder, compute_dtype=encoder.compute_dtype)
     return hyper, encoder
 
 
@@ -56,15 +64,18 @@ class Timing:
 
 def generate_adapters(hyper: LoadedHypernet, encoder: DocumentEncoder, docs: Sequence[Document],
                       batch_size: int = 32, timing: Timing | None = None) -> list[LoraWeights]:
-    """Adapters for `docs`: encode the batch, then one hypernetwork forward for the whole batch."""
+    """Adapters for `docs`, in order: documents of similar length are encoded together (little padding),
+    then one hypernetwork forward per batch."""
     timing = timing if timing is not None else Timing()
-    out: list[LoraWeights] = []
+    order = sorted(range(len(docs)), key=lambda i: len(docs[i].full_text))
+    out: list[LoraWeights | None] = [None] * len(docs)
     for start in range(0, len(docs), batch_size):
-        chunk = docs[start:start + batch_size]
+        batch = order[start:start + batch_size]
         t0 = time.perf_counter()
-        emb = encode_documents(encoder, [d.full_text for d in chunk], batch_size)  # [b, d]
+        inputs = encoder.encode([docs[i].full_text for i in batch])  # [b, d] or DocStates [b, L, T, H]
         t1 = time.perf_counter()
-        out.extend(unbatch(hyper.generate(emb)))
+        for i, weights in zip(batch, unbatch(hyper.generate(inputs)), strict=True):
+            out[i] = weights
         timing.encode += t1 - t0
         timing.generate += time.perf_counter() - t1
     return out
@@ -109,21 +120,22 @@ class OnTheFlySource:
 
 def parameterize_corpus(hypernet: str | Path, docs: Sequence[Document], store: str | Path, base, tokenizer,
                         batch_size: int = 32, shard: str = "0/1", store_dtype: str = "float32",
-                        progress: bool = True) -> dict:
+                        progress: bool = True, compute_dtype: str | None = None) -> dict:
     """Write a generated adapter for every document of `docs` (this shard's part) into `store`; resumable.
 
     Documents already in the store are skipped, so a killed run continues where it stopped. Returns
-    counts and a time breakdown (encode / generate / write) with docs/s.
+    counts and a time breakdown (encode / generate / write) with docs/s. `compute_dtype`: as in
+    `load_for_model`.
     """
     from hyperprag.core.store import AdapterStore
 
     index, count = parse_shard(shard)
-    hyper, encoder = load_for_model(hypernet, base, tokenizer)
+    hyper, encoder = load_for_model(hypernet, base, tokenizer, compute_dtype)
     settings = {"source": "hypernet", "hypernet": str(hypernet), "encoder": hyper.encoder.to_dict(),
                 "hypernet_config": hyper.config.to_dict()}
     st = AdapterStore.create(store, model_id(base), hyper.spec, settings, dtype=store_dtype)
     mine = [d for d in docs if shard_of(d.id, count) == index]
-    todo = [d for d in mine if d.id not in st]
+    todo = sorted((d for d in mine if d.id not in st), key=lambda d: len(d.full_text))  # batches pad little
     timing = Timing()
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="parameterize", unit="doc",
                disable=not progress, dynamic_ncols=True)

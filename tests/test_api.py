@@ -147,6 +147,24 @@ def test_stores_teacher_for_prag_and_generated_for_hyper(folders, tmp_path):
     assert as_hypernet.answer(QUESTIONS, documents=DOCS, mode="hyper", top_k=1) == on_the_fly
 
 
+def test_parameterize_corpus_in_bf16_records_it_and_stays_close(hp, folders, tmp_path):
+    from inference.parameterize import parameterize_corpus
+
+    _, hyper_dir = folders
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        parameterize_corpus(hyper_dir, DOCS, tmp_path / dtype, hp.model, hp.tokenizer, progress=False,
+                            compute_dtype=dtype)
+        st = AdapterStore.open(tmp_path / dtype)
+        assert st.settings["encoder"]["compute_dtype"] == dtype
+        runs[dtype] = [st.get(d.id) for d in DOCS]
+    for full, half in zip(runs["float32"], runs["bfloat16"], strict=True):
+        for m in full.A:
+            delta = full.B[m] @ full.A[m]  # [L, out, in]
+            err = (delta - half.B[m] @ half.A[m]).norm() / delta.norm()
+            assert 0 < float(err) < 5e-2
+
+
 def test_clear_errors(hp, folders):
     with pytest.raises(ValueError, match="needs documents"):
         HyperPRAG.load(str(folders[0]), hypernet=folders[1]).answer(["Who?"], mode="rag")

@@ -30,7 +30,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from hypernet.checkpoint import save_hypernet
+from hypernet.checkpoint import CONFIG_FILE, save_hypernet
 from hypernet.config import KL_POSITIONS, PARAM_LOSSES, TOKEN_ARCHS, EncoderSpec, HyperNetConfig, LossWeights
 from hypernet.encoders import DocStates, TokenStateEncoder, build_encoder, encoder_dim
 from hypernet.losses import (
@@ -45,6 +45,7 @@ from hypernet.losses import (
 )
 from hypernet.model import Shapes, build_hypernet
 from hypernet.token_model import generated_part
+from hyperprag.core.io import check_replaceable
 from hyperprag.core.lora import LoraSpec, LoraWeights, apply_lora, target_shapes
 
 log = logging.getLogger(__name__)
@@ -196,8 +197,15 @@ class HyperLoRAModule(pl.LightningModule):
                              f"{list(teacher.target_modules)} and the generated adapters {list(self.spec.target_modules)}"
                              "; set loss_weights.param to 0 (the function losses need no common modules)")
 
+    def export_folder(self) -> Path:
+        """Where `on_fit_end` writes the hypernetwork: export_dir, else <default_root_dir>/hypernet."""
+        return Path(self.hparams.export_dir or Path(self.trainer.default_root_dir) / "hypernet")
+
     def on_fit_start(self) -> None:
-        """Calibrate the hypernetwork's output scales on the first training teachers (same on every rank)."""
+        """Refuse an export folder that is not a hypernetwork's now, not after the fit (the default
+        <root>/hypernet of a run started in this repository's root is the package); then calibrate the
+        hypernetwork's output scales on the first training teachers (same on every rank)."""
+        check_replaceable(self.export_folder(), CONFIG_FILE)
         net = self.hypernet
         if not (self.config.calibrate and hasattr(net, "calibrate") and not bool(net.calibrated)):
             return
@@ -474,7 +482,7 @@ class HyperLoRAModule(pl.LightningModule):
         """Export the best checkpoint's hypernetwork (the last weights if none) into the run folder."""
         trainer = self.trainer
         if trainer.is_global_zero:
-            folder = Path(self.hparams.export_dir or Path(trainer.default_root_dir) / "hypernet")
+            folder = self.export_folder()
             cb = trainer.checkpoint_callback
             best = getattr(cb, "best_model_path", "") or ""
             state = None

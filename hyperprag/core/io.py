@@ -6,8 +6,10 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from hyperprag.core.errors import InputError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -82,3 +84,34 @@ def replace_dir(tmp: str | Path, out_dir: str | Path) -> None:
     os.replace(tmp, out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_replaceable(out_dir: str | Path, marker: str) -> None:
+    """Refuse an output folder that exists and is neither empty nor an earlier output of the same kind (one
+    holding `marker`), so that a mistyped or defaulted path never deletes someone's other files."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists() or (out_dir.is_dir() and (out_dir / marker).is_file()):
+        return
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        return
+    raise InputError(f"{out_dir}: exists and is not an earlier output of this kind (it has no {marker}); "
+                     "refusing to replace it: choose another folder or remove it")
+
+
+def write_dir(out_dir: str | Path, fill: Callable[[Path], None], marker: str) -> Path:
+    """Write a folder atomically: `fill` writes into a temporary sibling, its files are synced, and the
+    finished folder replaces `out_dir` whole (only an empty one or an earlier output: `check_replaceable`)."""
+    out_dir = Path(out_dir)
+    check_replaceable(out_dir, marker)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        fill(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

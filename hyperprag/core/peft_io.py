@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -21,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from hyperprag.core.errors import InputError
-from hyperprag.core.io import replace_dir
+from hyperprag.core.io import write_dir
 from hyperprag.core.lora import LoraSpec, LoraWeights, find_targets
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -85,19 +82,12 @@ def export_peft(weights: LoraWeights, spec: LoraSpec, out_dir: str | Path, model
                         layers_to_transform=None if spec.layers is None else list(spec.layers),
                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
                         base_model_name_or_path=base_model_name_or_path)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+
+    def fill(tmp: Path) -> None:
         config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+
+    return write_dir(out_dir, fill, marker=ADAPTER_CONFIG)
 
 
 def _read_config(folder: Path) -> dict:

@@ -13,6 +13,8 @@ from hypernet.encoders import (
     encode_documents,
     encoder_dim,
     encoder_id,
+    native_bf16,
+    resolve_compute_dtype,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,6 +44,21 @@ def test_llm_encoder_pooling_ignores_padding_side(tiny_llama, tiny_tokenizer, po
     ref = hs.mean(0) if pooling == "mean" else hs[-1]
     torch.testing.assert_close(left[1], ref, atol=1e-4, rtol=1e-4)
     assert (left[0] - left[1]).abs().max() > 1e-3  # different documents, different vectors
+
+
+def test_compute_dtype_is_validated_resolved_and_named_in_the_id(tiny_llama, tiny_tokenizer):
+    with pytest.raises(ValueError, match="compute_dtype 'half'"):
+        EncoderSpec(kind="tokens", compute_dtype="half")
+    assert resolve_compute_dtype("auto", "cpu") == ("bfloat16" if native_bf16("cpu") else "float32")
+    assert resolve_compute_dtype("float32") == "float32"
+    plain = encoder_id(EncoderSpec(kind="llm"), "m")
+    assert encoder_id(EncoderSpec(kind="llm", compute_dtype="bfloat16"), "m") == plain + ":bfloat16"
+    enc = build_encoder(EncoderSpec(kind="llm", compute_dtype="bfloat16"), tiny_llama, tiny_tokenizer)
+    ref = LLMEncoder(tiny_llama, tiny_tokenizer).encode(TEXTS)
+    got = enc.encode(TEXTS)  # a separate cache entry, and close to float32's vectors
+    assert enc.id.endswith(":bfloat16") and got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, atol=5e-2, rtol=5e-2)
+    assert not torch.equal(got, ref)
 
 
 def test_encode_documents_keeps_input_order(tiny_llama, tiny_tokenizer):

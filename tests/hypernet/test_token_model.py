@@ -69,6 +69,18 @@ def test_encode_documents_restores_order_across_batches(tiny_llama, tiny_tokeniz
         torch.testing.assert_close(together.states[i, :, :n], alone.states[0, :, :n], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("token_states", ["residual", "memory"])
+def test_bf16_base_pass_stays_close_to_float32(tiny_llama, tiny_tokenizer, token_states):
+    full = TokenStateEncoder(tiny_llama, tiny_tokenizer, token_states=token_states)
+    half = TokenStateEncoder(tiny_llama, tiny_tokenizer, token_states=token_states, compute_dtype="bfloat16")
+    a, b = full.encode(TEXTS), half.encode(TEXTS)
+    assert b.states.dtype == torch.float32 and torch.equal(a.mask, b.mask)  # handed on in float32, same tokens
+    real = a.mask.bool()[:, None, :, None].expand_as(a.states)
+    rel = (a.states - b.states)[real].norm() / a.states[real].norm()
+    assert 1e-5 < float(rel) < 3e-2  # bf16 really ran (not float32 again) and rounds only its last bits
+    assert half.id == full.id + ":bfloat16" and tiny_llama.dtype == torch.float32  # the model is untouched
+
+
 @pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gemma"])
 def test_memory_states_are_down_proj_inputs_and_next_tokens(model_name, request, tiny_tokenizer):
     model = request.getfixturevalue(model_name)

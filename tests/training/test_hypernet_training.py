@@ -393,10 +393,10 @@ def test_every_standalone_config_builds_its_architecture(name, tmp_path, monkeyp
 MEMORY_STAGES = {"smollm2_memory_keep": "smollm2_memory_demo", "smollm2_memory_longer": "smollm2_memory_keep",
                  "smollm2_memory_prose": "smollm2_memory_longer", "smollm2_memory_prose2": "smollm2_memory_prose",
                  "smollm2_memory_prose3": "smollm2_memory_prose2", "smollm2_memory_combine": "smollm2_memory_prose2",
-                 "smollm2_memory_closed": "smollm2_memory_combine"}
+                 "smollm2_memory_closed": "smollm2_memory_combine", "smollm2_memory_more": "smollm2_memory_closed"}
 """The demo checkpoint's stages after the first (smollm2_memory_demo), each with the stage it starts from. Two
 start from stage 6 (prose2): stage 7 (prose3), measured and not shipped, and stage 8 (combine), shipped;
-stage 9 (closed) goes on from stage 8 (docs/specificity.md)."""
+stage 9 (closed) goes on from stage 8, stage 10 (more) from stage 9 (docs/specificity.md)."""
 
 
 @pytest.mark.slow
@@ -425,7 +425,7 @@ def test_the_shipped_memory_recipe_stages_compose(tmp_path, monkeypatch):
     keep = clis["smollm2_memory_keep"]
     assert keep.model.loss_weights.anchor == 10.0 and keep.model.hparams.anchors == 2 and keep.trainer.max_steps == 40
     assert keep.config["model"]["warmup_steps"] == 5
-    for stage in list(MEMORY_STAGES)[1:-1]:  # stages 4 to 8
+    for stage in list(MEMORY_STAGES)[1:-2]:  # stages 4 to 8
         model = clis[stage].model
         assert model.loss_weights.anchor == 10.0 and model.hparams.anchors == 4 and model.hparams.lr == 3e-4
         assert clis[stage].trainer.max_steps == (150 if stage == "smollm2_memory_prose3" else 100)
@@ -436,6 +436,10 @@ def test_the_shipped_memory_recipe_stages_compose(tmp_path, monkeypatch):
     closed = clis["smollm2_memory_closed"]
     assert closed.datamodule.passage_share == 0.25 and closed.model.hparams.anchors == 6
     assert clis["smollm2_memory_combine"].datamodule.passage_share is None
+    # stage 10 keeps stage 9's mix, adds stage 7's prose documents, at stage 4-8's learning rate
+    more = clis["smollm2_memory_more"]
+    assert more.datamodule.passage_share == 0.25 and more.model.hparams.anchors == 6 and more.model.hparams.lr == 3e-4
+    assert "runs/data/prose3/corpus.jsonl" in more.config["data"]["corpus"] and more.trainer.max_steps == 100
     # stages 5 to 7 add the prose-style documents
     assert "runs/data/prose/corpus.jsonl" in clis["smollm2_memory_prose"].config["data"]["corpus"]
     assert "runs/data/prose2/corpus.jsonl" in clis["smollm2_memory_prose2"].config["data"]["corpus"]

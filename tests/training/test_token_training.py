@@ -95,6 +95,48 @@ def test_token_level_training_with_partial_teachers(tiny_llama, tiny_tokenizer, 
         assert key in val and val[key] == val[key], key
 
 
+def test_bf16_mixed_precision_trains_like_float32(tiny_llama, tiny_tokenizer, tmp_path):
+    """`--trainer.precision bf16-mixed` (autocast, ~1.4x a step on a bf16 CPU: benchmarks/hypernet_step.py)
+    runs this module and lowers the held-out answer loss about as far as float32 does."""
+    result = {}
+    for precision in ("32", "bf16-mixed"):
+        pl.seed_everything(0)
+        items = _items(tiny_tokenizer, tiny_llama, 4)
+        dm = HyperDataModule.from_items(items, items, tiny_tokenizer.pad_token_id, batch_size=4,
+                                        encoder=EncoderSpec(kind="tokens"))
+        module = _module(tiny_llama, tiny_tokenizer, lr=1e-2, warmup_steps=1, schedule="constant", em_batches=1,
+                         loss_weights=LossWeights(param=0.0, kl=0.0, lm=1.0))
+        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=30, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, precision=precision,
+                             default_root_dir=str(tmp_path / precision), num_sanity_val_steps=0,
+                             check_val_every_n_epoch=1000)
+        start = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/lm"]
+        trainer.fit(module, datamodule=dm)
+        result[precision] = (start, trainer.validate(module, datamodule=dm, verbose=False)[0]["val/lm"])
+    (start32, end32), (start16, end16) = result["32"], result["bf16-mixed"]
+    assert start16 == pytest.approx(start32, abs=0.05) and end32 < start32 - 0.5 and end16 < start16 - 0.5
+    assert end16 == pytest.approx(end32, abs=0.3)
+
+
+def test_fit_refuses_an_export_folder_of_other_files_before_training(tiny_llama, tiny_tokenizer, tmp_path):
+    """Run from the repository root with no root dir, the default export folder <root>/hypernet is the source
+    package: the fit stops at its start with a one-line error, and the files stay."""
+    from hyperprag.core.errors import InputError
+
+    items = _items(tiny_tokenizer, tiny_llama, 2)
+    dm = HyperDataModule.from_items(items, items, tiny_tokenizer.pad_token_id, batch_size=2,
+                                    encoder=EncoderSpec(kind="tokens"))
+    module = _module(tiny_llama, tiny_tokenizer, loss_weights=LossWeights(param=0.0, kl=0.0, lm=1.0))
+    (tmp_path / "hypernet").mkdir()
+    (tmp_path / "hypernet" / "__init__.py").write_text("x = 1\n")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                         num_sanity_val_steps=0)
+    with pytest.raises(InputError, match="hypernet: exists and is not an earlier output"):
+        trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 0 and (tmp_path / "hypernet" / "__init__.py").read_text() == "x = 1\n"
+
+
 def test_param_loss_across_ranks_and_scales(tiny_llama, tiny_tokenizer):
     """A rank-6, alpha-16 adapter holding a rank-2, alpha-32 teacher's update (B rescaled, zero slots) has
     zero delta-W loss against it: the comparison is of updates, at the teacher's scale."""
